@@ -102,3 +102,25 @@ def parse_list(spec: str | list[str]) -> list[str]:
     if not codes:
         raise ValueError("empty language list: give comma-separated codes such as en,zh,ja")
     return codes
+
+
+def task_language(task_name: str) -> str | None:
+    """The language a task evaluates, from its name, for ``lang=self`` routing.
+
+    ``xcopa_id`` → id, ``xwinograd_jp`` → ja, ``include_base_44_indonesian_stem`` → id, ``lss_id`` → id,
+    ``flores_ppl_sw`` → sw, ``lang_steer_fr`` → fr, ``flores_mt_en-fr`` → fr and ``flores_mt_fr-en`` → fr
+    (the non-English side: paper 2 amplifies X's neurons for en→X). None when no part names a language.
+    """
+    name = task_name.lower()
+    if "-" in name:  # a translation pair: the non-English side
+        pair = name.rsplit("_", 1)[-1].split("-")
+        others = [p for p in pair if _ALIASES.get(p) and _ALIASES[p] != "en"]
+        if others:
+            return _ALIASES[others[-1]]
+        if pair and all(_ALIASES.get(p) == "en" for p in pair):
+            return "en"
+    parts = name.split("_")
+    for part in reversed(parts):  # the last part that spells a language, by code or by name
+        if part in _ALIASES and (len(part) > 2 or part != parts[0]):
+            return _ALIASES[part]
+    return None

@@ -86,6 +86,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
         (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
         if target.exists():
             shutil.rmtree(target)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -115,3 +116,40 @@ def identity(model: str) -> dict:
         m = json.loads(marker.read_text())
         return {"model_id": m["hub_id"], "model_revision": m["revision"], "model_source": m["source"]}
     return {"model_id": model, "model_revision": "", "model_source": "local" if Path(model).exists() else "hub"}
+
+
+def load(model: str, dtype: str = "float32", device: str | None = None):
+    """Load a causal LM and its tokenizer from a known name, local path or hub id, in eval mode.
+
+    Under ``torchrun`` / ``accelerate launch`` (WORLD_SIZE > 1) this also joins the process group (NCCL on
+    GPUs, gloo on CPU) and puts the model on this rank's GPU.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64, "auto": "auto"}
+    if dtype not in dtypes:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(dtypes)}")
+    path = resolve(model)
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if not Path(path).exists() and looks_local:
+        raise FileNotFoundError(
+            f"model {model!r} is neither a known name ({', '.join(KNOWN_MODELS)}), an existing folder, nor a hub id (owner/name)"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load model {model!r}: {first}") from None
+    return lm.to(device).eval(), tok

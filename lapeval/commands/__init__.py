@@ -1,0 +1,1 @@
+"""Command groups of the ``lapeval`` CLI (see lapeval/cli.py)."""

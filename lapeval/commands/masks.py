@@ -1,0 +1,95 @@
+"""``lapeval masks show|plot|import|export``: inspect, draw and convert neuron mask files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("masks", help="inspect, plot, import and export neuron mask files")
+    ms = p.add_subparsers(dest="masks_command", metavar="ACTION", required=True)
+
+    show = ms.add_parser("show", help="languages, neuron counts per language and layer, provenance")
+    show.add_argument("file")
+    show.add_argument("--json", action="store_true", help="machine-readable: languages, n_layers, d_ff, unique_neurons, per_language{total, per_layer}")
+    show.set_defaults(handler=_show)
+
+    plot = ms.add_parser("plot", help="PNG: neurons per layer × language, and language-overlap Jaccard heatmap")
+    plot.add_argument("file")
+    plot.add_argument("--out", default=None, help="PNG path (default: FILE with .png)")
+    plot.set_defaults(handler=_plot)
+
+    imp = ms.add_parser("import", help="convert a reference *.neuron.pth (rucaibox) or lape.py output (lang-task-neuron)")
+    imp.add_argument("file")
+    imp.add_argument("--format", required=True, choices=["rucaibox", "lang-task-neuron"])
+    imp.add_argument("--languages", default=None,
+                     help="codes of the file's entries in order (default: en,zh,fr,es,vi,id,ja for rucaibox; the 18 of paper 2 for lang-task-neuron)")
+    imp.add_argument("--out", required=True, help="mask file to write (.safetensors)")
+    imp.add_argument("--d-ff", type=int, default=None, help="FFN width of the model (default: from --p-max, else inferred from the largest index)")
+    imp.add_argument("--model-id", default=None, help="record the model this file was made for, e.g. meta-llama/Llama-2-7b-hf")
+    imp.add_argument("--p-max", default=None, help="lang-task-neuron max.pt [n_langs, n_layers, d_ff]")
+    imp.add_argument("--p-median", default=None, help="lang-task-neuron median.pt [n_langs, n_layers, d_ff]")
+    imp.set_defaults(handler=_import)
+
+    exp = ms.add_parser("export", help="write the reference layout: a list per language of per-layer index tensors")
+    exp.add_argument("file")
+    exp.add_argument("--format", default="rucaibox", choices=["rucaibox", "lang-task-neuron"])
+    exp.add_argument("--out", required=True, help="e.g. X.pth (lang-task-neuron also writes X.max.pt / X.median.pt)")
+    exp.set_defaults(handler=_export)
+
+
+def _show(args) -> int:
+    from ..masks import NeuronMask
+
+    mask = NeuronMask.load(args.file)
+    s = mask.summary()
+    if args.json:
+        print(json.dumps({**s, "sha256": mask.sha256()}, indent=1, ensure_ascii=False))
+        return 0
+    meta = mask.meta
+    sel = meta.get("selection", {})
+    print(f"{args.file}")
+    print(f"  model      {meta.get('model_id', '?')} ({meta.get('architecture', '?')}), {mask.n_layers} layers × {mask.d_ff}")
+    if "site" in meta:
+        print(f"  site       output of {meta['site'].get('module')} ({meta['site'].get('output_of')})")
+    print(f"  selection  {', '.join(f'{k}={v}' for k, v in sel.items())}")
+    if "corpus" in meta:
+        print(f"  corpus     {meta['corpus']}")
+    print(f"  neurons    {s['unique_neurons']} unique; values: {', '.join(s['values']) or 'none'}")
+    width = max(len(l) for l in mask.languages)
+    print(f"  {'lang':<{width}}  total  tokens   per layer")
+    for lang in mask.languages:
+        pl = s["per_language"][lang]
+        tokens = meta.get("n_tokens", {}).get(lang, "")
+        print(f"  {lang:<{width}}  {pl['total']:>5}  {tokens!s:>7}  {' '.join(f'{c:>3}' for c in pl['per_layer'])}")
+    return 0
+
+
+def _plot(args) -> int:
+    from ..masks import NeuronMask
+    from ..plot import plot_mask
+
+    out = args.out or str(Path(args.file).with_suffix(".png"))
+    print(plot_mask(NeuronMask.load(args.file), out))
+    return 0
+
+
+def _import(args) -> int:
+    from ..masks import import_reference
+
+    mask = import_reference(args.file, args.format, args.languages, args.d_ff, args.p_max, args.p_median)
+    if args.model_id:
+        mask.meta["model_id"] = args.model_id
+    mask.save(args.out)
+    note = " (d_ff inferred from the largest index; pass --d-ff to record it)" if mask.meta.get("d_ff_inferred") else ""
+    print(f"{args.out}: {len(mask.languages)} languages, {mask.n_layers} layers × {mask.d_ff}{note}, {mask.unique_neurons()} neurons")
+    return 0
+
+
+def _export(args) -> int:
+    from ..masks import NeuronMask, export_reference
+
+    for path in export_reference(NeuronMask.load(args.file), args.out, args.format):
+        print(path)
+    return 0

@@ -1,0 +1,145 @@
+"""Text to identify language neurons on: one stream of texts per language, described by a SPEC.
+
+A SPEC is one or more sources joined by ``+`` (their texts are concatenated per language, in order):
+
+* ``wikipedia[:DATE]`` — the hub dataset ``wikimedia/wikipedia``, config ``DATE.<lang>`` (default
+  ``20231101``), field ``text``, streamed (the corpus of Tang et al. 2024).
+* ``hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]`` — any hub dataset, streamed; ``{lang}`` / ``{flores}`` in CONFIG
+  are replaced per language (e.g. ``hf:openlanguagedata/flores_plus:{flores}:dev:text``).
+* ``flores:DIR[:SPLIT]`` — a FLORES-200 directory: ``DIR/SPLIT/<flores code>.SPLIT`` (default devtest).
+* ``ntrex:DIR`` — NTREX-128: ``DIR/NTREX-128/newstest2019-ref.<code>.txt`` (English: the ``src`` file).
+* ``tico:DIR`` — TICO-19 test: ``DIR/tico19-test.<code>``.
+* ``files:PATTERN`` — local files, ``{lang}`` (ISO 639-1) or ``{flores}`` in PATTERN; ``.txt`` is one text
+  per line, ``.jsonl`` one JSON object per line with a ``text`` field.
+
+Every text is yielded as it is read: nothing holds a whole corpus in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .languages import get as get_language
+
+
+class CorpusError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str
+    arg: str = ""
+    rest: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return ":".join((self.kind, self.arg, *self.rest)).rstrip(":")
+
+    # -- where a language's text is -------------------------------------------------------------
+    def local_file(self, lang: str) -> Path | None:
+        """The local file of ``lang`` for file-based sources (None: this source has no such language)."""
+        L = get_language(lang)
+        root = Path(self.arg)
+        if self.kind == "flores":
+            split = self.rest[0] if self.rest else "devtest"
+            for p in (root / split / f"{L.flores}.{split}", root / f"{L.flores}.{split}"):
+                if p.is_file():
+                    return p
+            return None
+        if self.kind == "ntrex":
+            base = root / "NTREX-128" if (root / "NTREX-128").is_dir() else root
+            name = "newstest2019-src.eng.txt" if L.code == "en" else f"newstest2019-ref.{L.ntrex}.txt"
+            return base / name if L.ntrex and (base / name).is_file() else None
+        if self.kind == "tico":
+            p = root / f"tico19-test.{L.tico}"
+            return p if L.tico and p.is_file() else None
+        if self.kind == "files":
+            p = Path(self.arg.format(lang=L.code, flores=L.flores))
+            return p if p.is_file() else None
+        return None
+
+    def texts(self, lang: str) -> Iterator[str]:
+        if self.kind in ("flores", "ntrex", "tico", "files"):
+            path = self.local_file(lang)
+            if path is not None:
+                yield from _read_local(path)
+            return
+        yield from _read_hub(self, lang)
+
+
+KINDS = ("wikipedia", "hf", "flores", "ntrex", "tico", "files")
+
+
+def parse(spec: str) -> list[Source]:
+    sources = []
+    for part in (p.strip() for p in spec.split("+")):
+        kind, _, rest = part.partition(":")
+        if kind not in KINDS:
+            raise CorpusError(
+                f"unknown corpus source {part!r}: use {', '.join(k + ':...' for k in KINDS)} (join several with +)"
+            )
+        fields = rest.split(":") if rest else []
+        if kind in ("flores", "ntrex", "tico", "files", "hf") and not fields:
+            raise CorpusError(f"corpus source {kind!r} needs an argument, e.g. {kind}:PATH")
+        src = Source(kind, fields[0] if fields else "", tuple(fields[1:]))
+        if kind in ("flores", "ntrex", "tico") and not Path(src.arg).is_dir():
+            raise CorpusError(f"corpus directory {src.arg} does not exist (from {part!r})")
+        sources.append(src)
+    if not sources:
+        raise CorpusError("empty corpus spec: give e.g. ntrex:DIR+tico:DIR or wikipedia")
+    return sources
+
+
+def check_languages(sources: list[Source], languages: list[str]) -> None:
+    """One-line error when some language has no text in any local source (hub sources are not probed)."""
+    if any(s.kind in ("wikipedia", "hf") for s in sources):
+        return
+    missing = [lang for lang in languages if not any(s.local_file(lang) for s in sources)]
+    if missing:
+        spec = "+".join(map(str, sources))
+        raise CorpusError(f"corpus {spec} has no text for {', '.join(missing)}: add a source that has them (e.g. +flores:DIR)")
+
+
+def texts(sources: list[Source], lang: str) -> Iterator[str]:
+    """All texts of ``lang``, source after source, empty lines skipped."""
+    for src in sources:
+        for text in src.texts(lang):
+            if text.strip():
+                yield text
+
+
+def _read_local(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    if "text" not in obj:
+                        raise CorpusError(f"{path}:{n} has no 'text' field")
+                    yield obj["text"]
+        else:
+            for line in f:
+                yield line.rstrip("\n")
+
+
+def _read_hub(src: Source, lang: str) -> Iterator[str]:
+    from datasets import load_dataset
+
+    L = get_language(lang)
+    if src.kind == "wikipedia":
+        name, config, split, field = "wikimedia/wikipedia", f"{src.arg or '20231101'}.{L.code}", "train", "text"
+    else:
+        name = src.arg
+        config = src.rest[0].format(lang=L.code, flores=L.flores) if len(src.rest) > 0 and src.rest[0] else None
+        split = src.rest[1] if len(src.rest) > 1 else "train"
+        field = src.rest[2] if len(src.rest) > 2 else "text"
+    try:
+        ds = load_dataset(name, config, split=split, streaming=True)
+    except Exception as e:
+        raise CorpusError(f"cannot stream {name} ({config}, {split}) from the hub: {str(e).splitlines()[0]}; "
+                          "offline, use a local source (flores:/ntrex:/tico:/files:)") from None
+    for row in ds:
+        yield row[field]

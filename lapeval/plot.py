@@ -1,0 +1,54 @@
+"""Figures of a neuron mask: neurons per layer × language, and language overlap (Jaccard)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._io import atomic_path
+from .masks import NeuronMask
+
+
+def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.array([mask.summary()["per_language"][l]["per_layer"] for l in mask.languages])  # [langs, layers]
+    jac = mask.jaccard().numpy()
+    n = len(mask.languages)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6 + 0.35 * mask.n_layers + 0.35 * n, 0.45 * n + 2.5),
+                                   gridspec_kw={"width_ratios": [max(mask.n_layers, 4), max(n, 4)]})
+    im = ax1.imshow(counts, aspect="auto", cmap="viridis")
+    ax1.set_xticks(range(mask.n_layers))
+    ax1.set_xticklabels([str(i) for i in range(mask.n_layers)], fontsize=7)
+    ax1.set_yticks(range(n))
+    ax1.set_yticklabels([f"{l} ({counts[i].sum()})" for i, l in enumerate(mask.languages)])
+    ax1.set_xlabel("layer")
+    ax1.set_title("language-specific neurons per layer")
+    for i in range(n):
+        for j in range(mask.n_layers):
+            if counts[i, j]:
+                ax1.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                         color="white" if counts[i, j] < counts.max() * 0.6 else "black")
+    fig.colorbar(im, ax=ax1, fraction=0.03)
+    im2 = ax2.imshow(jac, vmin=0, vmax=max(float(np.triu(jac, 1).max()), 1e-9) if n > 1 else 1, cmap="magma")
+    ax2.set_xticks(range(n))
+    ax2.set_xticklabels(mask.languages, rotation=90)
+    ax2.set_yticks(range(n))
+    ax2.set_yticklabels(mask.languages)
+    ax2.set_title("overlap (Jaccard), diagonal = 1")
+    for i in range(n):
+        for j in range(n):
+            if i != j and jac[i, j] >= 0.005:
+                ax2.text(j, i, f"{jac[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
+    fig.colorbar(im2, ax=ax2, fraction=0.046)
+    model = mask.meta.get("model_id", "")
+    fig.suptitle(title or f"{model}: {mask.unique_neurons()} neurons, {mask.n_layers} layers × {mask.d_ff}")
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    return out
