@@ -33,7 +33,8 @@ def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Pa
                 ax1.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
                          color="white" if counts[i, j] < counts.max() * 0.6 else "black")
     fig.colorbar(im, ax=ax1, fraction=0.03)
-    im2 = ax2.imshow(jac, vmin=0, vmax=max(float(np.triu(jac, 1).max()), 1e-9) if n > 1 else 1, cmap="magma")
+    top = max(float(np.triu(jac, 1).max()), 1e-9) if n > 1 else 1.0
+    im2 = ax2.imshow(jac, vmin=0, vmax=top, cmap="magma")
     ax2.set_xticks(range(n))
     ax2.set_xticklabels(mask.languages, rotation=90)
     ax2.set_yticks(range(n))
@@ -42,7 +43,8 @@ def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Pa
     for i in range(n):
         for j in range(n):
             if i != j and jac[i, j] >= 0.005:
-                ax2.text(j, i, f"{jac[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
+                ax2.text(j, i, f"{jac[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                         color="black" if jac[i, j] > 0.7 * top else "white")
     fig.colorbar(im2, ax=ax2, fraction=0.046)
     model = mask.meta.get("model_id", "")
     fig.suptitle(title or f"{model}: {mask.unique_neurons()} neurons, {mask.n_layers} layers × {mask.d_ff}")
