@@ -142,3 +142,13 @@ def test_load_errors(tmp_path):
     mask, _, _ = random_mask()
     with pytest.raises(MaskError, match="no p_mean values"):
         mask.values_per_layer("en", "p_mean")
+
+
+def test_written_files_get_a_normal_mode(tmp_path):
+    import os
+
+    mask, _, _ = random_mask()
+    path = mask.save(tmp_path / "m.safetensors")
+    old = os.umask(0o022)
+    os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~old
