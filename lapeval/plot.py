@@ -54,3 +54,43 @@ def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Pa
         fig.savefig(tmp, dpi=130, format="png")
     plt.close(fig)
     return out
+
+
+def heatmap(values, rows: list[str], cols: list[str], out: str | Path, title: str, fmt: str = "{:.2f}",
+            xlabel: str = "", ylabel: str = "", cmap: str = "viridis", center: float | None = None) -> Path:
+    """A labelled heatmap (rows × cols) with the values written in the cells; ``center`` makes a diverging map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    v = np.array(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.62 * len(cols), 1.0 + 0.5 * len(rows)))
+    kw = {}
+    if center is not None:
+        span = float(np.nanmax(np.abs(v - center))) or 1.0
+        kw = {"vmin": center - span, "vmax": center + span}
+        cmap = "RdBu_r"
+    im = ax.imshow(v, cmap=cmap, aspect="auto", **kw)
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    lo, hi = np.nanmin(v), np.nanmax(v)
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            if np.isfinite(v[i, j]):
+                bright = (v[i, j] - lo) / (hi - lo + 1e-12) > 0.6 if center is None else abs(v[i, j] - center) < 0.5 * (kw["vmax"] - center)
+                ax.text(j, i, fmt.format(v[i, j]), ha="center", va="center", fontsize=7,
+                        color="black" if bright else "white")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    return out

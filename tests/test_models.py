@@ -44,3 +44,4 @@ def test_prepared_real_model_records_its_origin(real_model_dir):
     cfg = json.loads((real_model_dir / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 18 and cfg["intermediate_size"] == 2048
     assert not list(real_model_dir.parent.glob(".gemma-3-270m.*"))  # no half-written folder beside it
+    assert "quantization_config" not in cfg  # plain weights: loaders must not look for the GGUF
