@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "lapeval.commands.masks",
     "lapeval.commands.eval",
     "lapeval.commands.lss",
+    "lapeval.commands.demo",
 )
 
 

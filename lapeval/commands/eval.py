@@ -1,0 +1,67 @@
+"""``lapeval eval ...``: lm-eval's own command line with ``--model lape`` available and lapeval's tasks added.
+
+Takes exactly ``lm_eval``'s arguments (``run`` / ``ls`` / ``validate`` subcommands, or none = ``run``)
+and adds ``--include_path <lapeval tasks>`` unless one is given (lm-eval 0.4.13 reads a single include
+path). ``accelerate launch -m lapeval eval ...`` runs it data parallel. ``lapeval tasks-path`` prints
+the tasks folder: the installed ``lapeval/tasks`` when present, else the checkout's ``tasks/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
+
+
+def tasks_path() -> Path:
+    """``lapeval/tasks`` inside the installed package if it exists, else ``<repo>/tasks``."""
+    pkg = Path(__file__).resolve().parents[1]
+    installed = pkg / "tasks"
+    return installed if installed.is_dir() else pkg.parent / "tasks"
+
+
+def lm_eval_argv(extra: list[str], include: str | None = None) -> list[str]:
+    """lm-eval's argv (without the program name) for ``lapeval eval EXTRA``."""
+    args = list(extra)
+    if not args or args[0] in ("-h", "--help"):
+        return args or ["--help"]
+    sub, rest = (args[0], args[1:]) if args[0] in LM_EVAL_SUBCOMMANDS else ("run", args)
+    if not any(a == "--include_path" or a.startswith("--include_path=") for a in rest) and "-h" not in rest and "--help" not in rest:
+        rest += ["--include_path", include or str(tasks_path())]
+    return [sub, *rest]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", add_help=False,
+        help="run lm_eval with --model lape available and lapeval's tasks included (lm_eval's arguments)",
+    )
+    p.set_defaults(handler=_eval, accepts_extra=True)
+    t = sub.add_parser("tasks-path", help="print the folder of lapeval's lm-eval task YAMLs (for --include_path)")
+    t.set_defaults(handler=_tasks_path)
+
+
+def _tasks_path(args) -> int:
+    print(tasks_path())
+    return 0
+
+
+def _eval(args, extra: list[str]) -> int:
+    try:  # the wheel installs lapeval/_autoload.py as this top-level module (beside its .pth)
+        import _lapeval_autoload as autoload
+    except ImportError:  # a plain checkout
+        from .. import _autoload as autoload
+
+    autoload.register()
+    from lm_eval.__main__ import cli_evaluate
+
+    argv = sys.argv
+    sys.argv = ["lm_eval", *lm_eval_argv(extra)]
+    try:
+        cli_evaluate()
+    except SystemExit as e:  # argparse --help / errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return 0

@@ -1,0 +1,451 @@
+"""Interventions on language neurons — deactivate, amplify, scale, shift — as hook context managers.
+
+Notation (docs/method.md §2–3). ``a ∈ R^{B×T×d_ff}`` is the output of layer l's FFN non-linearity (the
+neuron site of :mod:`lapeval.sites`: ``act(W_gate x)`` before the gate product, ``act(W_1 x)`` in plain
+MLPs). ``N^{(l)}`` are the selected neurons of layer l (the union over the chosen languages of a mask
+file), ``M ∈ {0,1}^{B×T}`` marks the real (non-pad) tokens of the current forward call. For every layer l,
+row b, **every** position t (prompt, continuation and generated tokens; pad positions too — harmless, their
+outputs are discarded) and every j ∈ N^{(l)}::
+
+    zero       a[b,t,j] ← 0                       deactivation (Tang et al. 2024, method.md §2.1)
+    set   v    a[b,t,j] ← v_j(b)                  patched amplification with p_max / p_median (§3.3)
+    scale s    a[b,t,j] ← s · a[b,t,j]
+    add   v    a[b,t,j] ← a[b,t,j] + v_j(b)
+
+where ``v`` is one of
+
+* a number ``c``: ``v_j = c`` for every neuron;
+* ``p_max`` / ``p_median``: the mask file's per-neuron value of the language, ``v_j = p[L,l,j]`` (a neuron
+  shared by several chosen languages gets the largest of their values);
+* a test-time statistic of row b over its **real tokens only**, in the current forward call (§3.3)::
+
+      tt_max    v(b) = max { a[b,t,j'] : M[b,t] = 1, all j' }             ("set/add the layer maximum")
+      tt_p<q>   v(b) = k-th smallest of { a[b,t,j'] : M[b,t] = 1, all j' },  k = max(⌊q/100 · n_b · d_ff⌋, 1)
+
+  (``tt_p10`` is the reference's 10th-percentile "soft deactivation"). The reference computes these on
+  batch row 0 only (method.md §8 P2-4); here every row gets its own statistic, so results do not depend on
+  the batch size or on the other rows. The current call is the whole sequence in log-likelihood scoring,
+  the prompt at generation prefill, and the one new token at each cached decode step (as the reference,
+  which recomputes the statistic on every call).
+
+Several interventions can run in one forward, one per batch row (``rows``): row b gets
+``interventions[rows[b]]`` (``-1`` = untouched). This serves ``lang=self`` and grid cells batched as rows.
+
+Hooks are forward hooks on the sites' non-linearity modules, editing the output in place; they live only
+inside :func:`intervene` and are removed on exit, also when an exception is raised.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .sites import Site, find_sites
+
+MODES = ("zero", "set", "scale", "add")
+MASK_VALUES = ("p_max", "p_median")
+_TT = re.compile(r"^tt_(max|p(\d+(?:\.\d+)?))$")
+
+
+class InterventionError(ValueError):
+    """A bad intervention setting (mode, value, layers, languages): one line naming the fix."""
+
+
+# ---- the operation --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Operation:
+    """``mode`` (zero | set | scale | add) with its ``value``: a float, ``p_max``/``p_median``,
+    ``tt_max`` or ``tt_p<q>`` (see the module docstring for the formulas)."""
+
+    mode: str
+    value: float | str | None = None
+
+    @classmethod
+    def parse(cls, mode, value=None) -> "Operation":
+        if mode is None or str(mode).strip() == "":
+            raise InterventionError(f"mode= is required with neurons=: use one of {', '.join(MODES)}")
+        m = str(mode).strip().lower()
+        if m not in MODES:
+            raise InterventionError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+        v = _parse_value(value)
+        if m == "zero":
+            if v not in (None, 0.0):
+                raise InterventionError(f"mode=zero takes no value (got value={value!r}); use mode=set,value=... to set")
+            return cls("zero", None)
+        if v is None:
+            hint = "a factor such as 2" if m == "scale" else "a number, p_max, p_median, tt_max or tt_p10"
+            raise InterventionError(f"mode={m} needs value= ({hint})")
+        if m == "scale" and not isinstance(v, float):
+            raise InterventionError(f"mode=scale takes a numeric factor, not value={value!r}")
+        return cls(m, v)
+
+    @property
+    def mask_values(self) -> str | None:
+        """``p_max`` / ``p_median`` when the value comes from the mask file."""
+        return self.value if self.value in MASK_VALUES else None
+
+    @property
+    def statistic(self) -> tuple[str, float] | None:
+        """``("max", 0)`` for tt_max, ``("quantile", q)`` for tt_p<q>, None otherwise."""
+        if not isinstance(self.value, str):
+            return None
+        m = _TT.match(self.value)
+        if m is None:
+            return None
+        return ("max", 0.0) if m.group(1) == "max" else ("quantile", float(m.group(2)))
+
+    def describe(self) -> str:
+        return self.mode if self.value is None else f"{self.mode}={_fmt(self.value)}"
+
+
+def _fmt(v) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _parse_value(value) -> float | str | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        raise InterventionError(f"value={value!r} is not a number, p_max, p_median, tt_max or tt_p<q>")
+    if isinstance(value, (int, float)):
+        f = float(value)
+        if not math.isfinite(f):
+            raise InterventionError(f"value={value!r} is not a finite number")
+        return f
+    s = str(value).strip().lower()
+    if s in MASK_VALUES:
+        return s
+    m = _TT.match(s)
+    if m:
+        if m.group(2) is not None and not 0 < float(m.group(2)) <= 100:
+            raise InterventionError(f"value={value!r}: the percentile must be in (0, 100]")
+        return s
+    try:
+        f = float(s)
+    except ValueError:
+        raise InterventionError(
+            f"bad value={value!r}: use a number, p_max, p_median, tt_max (layer maximum) or tt_p10 (10th percentile)"
+        ) from None
+    if not math.isfinite(f):
+        raise InterventionError(f"value={value!r} is not a finite number")
+    return f
+
+
+# ---- which neurons ---------------------------------------------------------------------------------
+def parse_layers(spec, n_layers: int) -> tuple[int, ...] | None:
+    """``None``/``all`` → every layer; an int, a list, or a string such as ``0-5``, ``0+3+17``, ``[2,3]``."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return None
+    if isinstance(spec, bool):
+        raise InterventionError(f"bad layers={spec!r}: give layer numbers such as 0-5 or 0+3+17")
+    if isinstance(spec, (int, float)):
+        items = [spec]
+    elif isinstance(spec, (list, tuple, set)):
+        items = list(spec)
+    else:
+        items = [p for p in re.split(r"[+|;,\s]+", str(spec).strip().strip("[]()")) if p]
+    out: set[int] = set()
+    for item in items:
+        try:
+            if isinstance(item, str) and re.fullmatch(r"\d+\s*[-:]\s*\d+", item):
+                lo, hi = (int(x) for x in re.split(r"[-:]", item))
+                if hi < lo:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                f = float(item)
+                if f != int(f):
+                    raise ValueError
+                out.add(int(f))
+        except (ValueError, TypeError):
+            raise InterventionError(f"bad layers={spec!r}: give layer numbers such as 0-5 or 0+3+17") from None
+    bad = sorted(l for l in out if not 0 <= l < n_layers)
+    if bad:
+        raise InterventionError(f"layers={spec!r} names layer {bad[0]} but the model has layers 0..{n_layers - 1}")
+    return tuple(sorted(out))
+
+
+@dataclass
+class Intervention:
+    """One operation on a set of neurons: ``neurons[l]`` the sorted int64 indices in layer l and, for
+    ``p_max``/``p_median``, ``values[l]`` their float32 values. Layers without neurons are absent."""
+
+    op: Operation
+    neurons: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    languages: tuple[str, ...] = ()
+    layers: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_mask(cls, mask, languages: Sequence[str], mode, value=None, layers=None) -> "Intervention":
+        """The union of ``languages``' neurons in a :class:`~lapeval.masks.NeuronMask` (``layers``: a subset)."""
+        op = mode if isinstance(mode, Operation) else Operation.parse(mode, value)
+        chosen = parse_layers(layers, mask.n_layers) if not isinstance(layers, tuple) else layers
+        langs = tuple(dict.fromkeys(_code(mask, l) for l in languages))  # one-line MaskError if unknown
+        if not langs:
+            raise InterventionError(f"no language given: use codes of this mask ({', '.join(mask.languages)})")
+        idx = torch.zeros(mask.n_layers, mask.d_ff, dtype=torch.bool)
+        vals = torch.full((mask.n_layers, mask.d_ff), -math.inf) if op.mask_values else None
+        for lang in langs:
+            s = mask.sets[lang]
+            idx[s.layer, s.neuron] = True
+            if vals is not None:
+                mask.values_per_layer(lang, op.mask_values)  # one-line MaskError when the file has none
+                v = s.values[op.mask_values].to(torch.float32)  # aligned with s.layer / s.neuron
+                vals[s.layer, s.neuron] = torch.maximum(vals[s.layer, s.neuron], v)
+        neurons, values = {}, {}
+        for l in range(mask.n_layers) if chosen is None else chosen:
+            j = torch.nonzero(idx[l], as_tuple=True)[0]
+            if j.numel():
+                neurons[l] = j
+                if vals is not None:
+                    values[l] = vals[l, j].to(torch.float32)
+        return cls(op, neurons, values, langs, chosen)
+
+    @classmethod
+    def from_neurons(cls, neurons: dict[int, Sequence[int]], mode, value=None,
+                     values: dict[int, Sequence[float]] | None = None) -> "Intervention":
+        """From explicit ``{layer: [neuron, ...]}`` (and per-neuron ``values`` for ``set``/``add``)."""
+        op = mode if isinstance(mode, Operation) else Operation.parse(mode, "p_max" if values and value is None else value)
+        ns, vs = {}, {}
+        for l, j in neurons.items():
+            j = torch.as_tensor(j, dtype=torch.long).flatten()
+            order = torch.argsort(j)
+            if j.numel():
+                ns[int(l)] = j[order]
+                if values is not None:
+                    vs[int(l)] = torch.as_tensor(values[l], dtype=torch.float32).flatten()[order]
+        if op.mask_values and set(vs) != set(ns):
+            raise InterventionError(f"value={op.value} needs per-neuron values for every layer with neurons")
+        return cls(op, ns, vs)
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(int(j.numel()) for j in self.neurons.values())
+
+    def describe(self) -> dict:
+        return {
+            "mode": self.op.mode,
+            "value": self.op.value,
+            "languages": list(self.languages),
+            "layers": "all" if self.layers is None else list(self.layers),
+            "n_neurons": self.n_neurons,
+        }
+
+
+def _code(mask, lang: str) -> str:
+    """The mask's own code for ``lang`` (any spelling); MaskError listing the mask's languages if absent."""
+    s = mask._lang(lang)
+    return next(c for c in mask.languages if mask.sets[c] is s)
+
+
+# ---- applying it -----------------------------------------------------------------------------------
+class Session:
+    """The live state of :func:`intervene`: per-layer tensors on each layer's device, and what the hooks
+    know about the current forward call (batch shape and real-token mask).
+
+    For right-padded batches run without an attention mask (lm-eval's log-likelihood path), call
+    :meth:`set_lengths` with each row's real length before the forward; it applies to the next call only.
+    """
+
+    def __init__(self, sites: list[Site], interventions: list[Intervention | None], rows):
+        self.sites = sites
+        self.interventions = interventions
+        self.rows = None if rows is None else [int(r) for r in rows]
+        if self.rows is not None and any(not -1 <= r < len(interventions) for r in self.rows):
+            raise InterventionError(f"rows must index the {len(interventions)} interventions (or be -1)")
+        self.uniform = self.rows is None
+        self.needs_stats = any(iv is not None and iv.op.statistic for iv in interventions)
+        # per layer, per intervention: (indices, values) on that layer's device
+        self._placed: dict[int, list[tuple[torch.Tensor, torch.Tensor | None] | None]] = {}
+        for site in sites:
+            per = []
+            for iv in interventions:
+                j = None if iv is None else iv.neurons.get(site.layer)
+                if j is None:
+                    per.append(None)
+                    continue
+                if int(j.max()) >= site.d_ff:
+                    raise InterventionError(f"layer {site.layer}: neuron {int(j.max())} is outside d_ff={site.d_ff}")
+                v = iv.values.get(site.layer)
+                per.append((j.to(site.device), None if v is None else v.to(site.device)))
+            self._placed[site.layer] = per
+        self._cast: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+        self._pending_lengths: list[int] | None = None
+        self.shape: tuple[int, int] | None = None
+        self.mask: torch.Tensor | None = None
+        self._mask_on: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def needs_call_info(self) -> bool:
+        """Whether the hooks need the batch shape / real-token mask of each forward call."""
+        return self.needs_stats or not self.uniform
+
+    def set_lengths(self, lengths: Sequence[int] | None) -> None:
+        self._pending_lengths = None if lengths is None else [int(n) for n in lengths]
+
+    # called by the model pre-hook at the start of every forward
+    def begin_call(self, batch: int, seq: int, attention_mask: torch.Tensor | None) -> None:
+        self.shape = (batch, seq)
+        self._mask_on = {}
+        lengths, self._pending_lengths = self._pending_lengths, None
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[0] == batch:
+            self.mask = attention_mask[:, -seq:].bool()  # left-padded prompt, or the new tokens when decoding
+        elif lengths is not None and len(lengths) == batch:
+            self.mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+        else:
+            self.mask = None  # every position is a real token
+        if self.rows is not None and len(self.rows) != batch:
+            raise InterventionError(f"rows names {len(self.rows)} rows but the forward call has a batch of {batch}")
+
+    def _mask(self, device) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        if device not in self._mask_on:
+            self._mask_on[device] = self.mask.to(device)
+        return self._mask_on[device]
+
+    def _vals(self, layer: int, k: int, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        key = (layer, k, dtype)
+        if key not in self._cast:
+            self._cast[key] = v.to(dtype)
+        return self._cast[key]
+
+    def apply(self, layer: int, a: torch.Tensor) -> torch.Tensor:
+        per = self._placed.get(layer)
+        if not per or all(p is None for p in per):
+            return a
+        if self.uniform and not self.needs_stats:
+            j, v = per[0]
+            _apply(a, self.interventions[0].op, j, None if v is None else self._vals(layer, 0, v, a.dtype), None)
+            return a
+        a3 = self._as3d(a)
+        mask = self._mask(a3.device)
+        if self.uniform:
+            iv = self.interventions[0]
+            j, v = per[0]
+            v = None if v is None else self._vals(layer, 0, v, a.dtype)
+            stat = _row_statistics(a3, mask, iv.op.statistic) if iv.op.statistic else None
+            _apply(a3, iv.op, j, v, stat)
+            return a
+        for b, k in enumerate(self.rows):
+            if k < 0 or per[k] is None:
+                continue
+            iv = self.interventions[k]
+            j, v = per[k]
+            v = None if v is None else self._vals(layer, k, v, a.dtype)
+            row = a3[b : b + 1]
+            stat = _row_statistics(row, None if mask is None else mask[b : b + 1], iv.op.statistic) if iv.op.statistic else None
+            _apply(row, iv.op, j, v, stat)
+        return a
+
+    def _as3d(self, a: torch.Tensor) -> torch.Tensor:
+        if a.dim() == 3:
+            return a
+        if self.shape is not None and a.dim() == 2 and a.shape[0] == self.shape[0] * self.shape[1]:
+            return a.view(self.shape[0], self.shape[1], a.shape[-1])  # OPT flattens [B*T, d_ff]
+        if a.dim() == 2 and (self.shape is None or self.shape[0] == 1):
+            return a.unsqueeze(0)
+        raise InterventionError(f"cannot map an activation of shape {tuple(a.shape)} to batch rows {self.shape}")
+
+
+def _row_statistics(a3: torch.Tensor, mask: torch.Tensor | None, stat: tuple[str, float]) -> torch.Tensor:
+    """Per-row statistic ``[B]`` over the real tokens × all neurons of ``a3`` ``[B, T, d_ff]``."""
+    kind, q = stat
+    if kind == "max":
+        if mask is None:
+            return a3.amax(dim=(1, 2))
+        return a3.masked_fill(~mask[:, :, None], -math.inf).amax(dim=(1, 2))
+    out = []
+    for b in range(a3.shape[0]):
+        x = a3[b] if mask is None else a3[b][mask[b]]
+        x = x.flatten()
+        k = max(int(math.floor(q / 100.0 * x.numel())), 1)
+        out.append(torch.kthvalue(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, k).values.to(a3.dtype))
+    return torch.stack(out)
+
+
+def _apply(a: torch.Tensor, op: Operation, j: torch.Tensor, v: torch.Tensor | None, stat: torch.Tensor | None) -> None:
+    """In place on ``a[..., j]``; ``stat`` is ``[B]`` for a 3-D ``a`` (test-time values)."""
+    if op.mode == "zero":
+        a.index_fill_(-1, j, 0.0)
+        return
+    if op.mode == "scale":
+        a[..., j] = a[..., j] * op.value
+        return
+    if stat is not None:
+        val = stat.view(-1, *([1] * (a.dim() - 1)))  # [B, 1, 1]
+    elif v is not None:
+        val = v
+    else:
+        val = op.value
+    if op.mode == "set":
+        if isinstance(val, float):
+            a.index_fill_(-1, j, val)
+        else:
+            a[..., j] = val  # [k] per neuron, or [B, 1, 1] per row
+    else:  # add
+        a[..., j] = a[..., j] + val
+
+
+@contextmanager
+def intervene(
+    model: nn.Module,
+    interventions: Intervention | Sequence[Intervention | None] | None,
+    rows: Sequence[int] | torch.Tensor | None = None,
+    sites: list[Site] | None = None,
+) -> Iterator[Session | None]:
+    """Apply ``interventions`` inside the ``with`` block; the hooks are removed on exit, whatever happens.
+
+    ``interventions``: one :class:`Intervention` for every row, or a list of them with ``rows`` giving each
+    batch row's index into the list (``-1``: row untouched). ``None`` (or an empty list) installs nothing.
+    """
+    if interventions is None or isinstance(interventions, Intervention):
+        ivs = [] if interventions is None else [interventions]
+    else:
+        ivs = list(interventions)
+    if rows is None and len(ivs) > 1:
+        raise InterventionError("several interventions need rows= (each batch row's index into the list)")
+    if isinstance(rows, torch.Tensor):
+        rows = rows.tolist()
+    if not any(iv is not None and iv.neurons for iv in ivs):
+        yield None
+        return
+    sites = sites if sites is not None else find_sites(model)
+    session = Session(sites, ivs, rows)
+    handles = []
+    try:
+        if session.needs_call_info:
+            handles.append(model.register_forward_pre_hook(_call_hook(session), with_kwargs=True))
+        for site in sites:
+            if any(p is not None for p in session._placed[site.layer]):
+                handles.append(site.module.register_forward_hook(_site_hook(session, site.layer)))
+        yield session
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _call_hook(session: Session):
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None:
+            session.begin_call(int(ids.shape[0]), int(ids.shape[1]), kwargs.get("attention_mask"))
+        return None
+
+    return hook
+
+
+def _site_hook(session: Session, layer: int):
+    def hook(module, args, output):
+        return session.apply(layer, output)
+
+    return hook

@@ -1,0 +1,332 @@
+"""The ``lape`` lm-eval model: Hugging Face ``hf`` plus language-neuron interventions.
+
+``--model lape --model_args pretrained=NAME,neurons=MASK.safetensors,lang=id,mode=set,value=p_max[,layers=0-5]``
+
+* ``pretrained``: a known lapeval model name (``gemma-3-270m``), a local folder or a hub id; every other
+  ``hf`` argument works unchanged (``dtype``, ``parallelize``, ``batch_size`` ...).
+* ``neurons``: a lapeval mask file; without it ``lape`` *is* ``hf`` (same code path, no hooks).
+* ``lang``: one code, several joined by ``+`` (``en+zh``), ``all`` (every language of the mask), or ``self``:
+  each request gets the neurons of its own task's language (:func:`lapeval.languages.task_language` of
+  ``Instance.task_name``), requests being grouped per language, so a whole self-language row is one run.
+* ``mode`` / ``value`` / ``layers``: the operation of :mod:`lapeval.intervene` (zero | set | scale | add
+  with a number, ``p_max``, ``p_median``, ``tt_max`` or ``tt_p10``), in all layers or a subset.
+
+Interventions act at every real token of prompt, continuation and generated text. Test-time statistics
+are per row over real tokens: log-likelihood batches are right-padded without an attention mask, so the
+rows' real lengths are read where lm-eval pads them (:func:`_padding_tap`); generation passes its mask.
+
+Provenance goes to the results JSON (``config.lape``: mask sha256, languages, mode, value, layers,
+lapeval version). ``--use_cache`` is made intervention-aware: lm-eval's ``CachingLM`` keys on request text
+only, so this model takes its database over (see :meth:`LapeLM.set_cache_hook`) and keys every entry on the
+request, the model and the intervention that request runs under.
+
+Python API for grids: one instance, many settings, no reload::
+
+    lm = LapeLM(pretrained="gemma-3-270m", device="cpu", batch_size=8)
+    lm.set_intervention(neurons="neuron_masks/gemma-3-270m.safetensors", lang="fr", mode="zero")
+    simple_evaluate(model=lm, tasks=[...]); lm.clear_intervention()
+    with lm.apply([iv_a, iv_b], rows=[0, 1, 1, 0]): lm._model_call(batch)   # cells as batch rows
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from lm_eval.api.model import CacheHook, hash_args
+from lm_eval.api.registry import register_model
+from lm_eval.models import huggingface as _hf
+from lm_eval.models.huggingface import HFLM
+
+from . import __version__, models
+from .intervene import Intervention, InterventionError, Operation, _code, intervene, parse_layers
+from .languages import task_language
+from .masks import MaskError, NeuronMask
+from .sites import find_sites
+
+
+class LapeConfigError(InterventionError):
+    """A bad ``lape`` model argument: one line naming the fix."""
+
+
+@dataclass
+class Setting:
+    """One intervention setting of the model: a mask, languages (or ``self``), an operation, layers."""
+
+    mask: NeuronMask
+    sha256: str
+    lang: tuple[str, ...] | None  # None = self
+    op: Operation
+    layers: tuple[int, ...] | None
+    _compiled: dict = field(default_factory=dict, repr=False)
+    used: set = field(default_factory=set, repr=False)
+
+    def intervention(self, langs: tuple[str, ...]) -> Intervention:
+        if langs not in self._compiled:
+            self._compiled[langs] = Intervention.from_mask(self.mask, langs, self.op, layers=self.layers)
+        self.used.update(langs)
+        return self._compiled[langs]
+
+    def key(self, langs: tuple[str, ...]) -> dict:
+        """What determines the computation for requests run with ``langs`` (cache key, provenance)."""
+        return {"neurons_sha256": self.sha256, "languages": list(langs), "mode": self.op.mode,
+                "value": self.op.value, "layers": "all" if self.layers is None else list(self.layers)}
+
+    def describe(self) -> dict:
+        d = self.key(self.lang or ())
+        d["lang"] = "self" if self.lang is None else list(self.lang)
+        if self.lang is None:
+            d["languages"] = sorted(self.used)
+        d.update(neurons=str(self.mask.path) if self.mask.path else None, mask_languages=list(self.mask.languages),
+                 n_neurons={l: self.intervention((l,)).n_neurons for l in (self.lang or sorted(self.used))})
+        return d
+
+
+def _split_langs(spec) -> list[str]:
+    if isinstance(spec, (list, tuple)):
+        return [str(s).strip() for s in spec if str(s).strip()]
+    return [p for p in str(spec).replace("|", "+").replace(";", "+").replace(",", "+").replace(" ", "+").split("+") if p]
+
+
+def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = None, d_ff: int | None = None) -> Setting | None:
+    """Validate the ``lape`` arguments (one-line errors) and build the :class:`Setting`; None = no intervention."""
+    if neurons is None or (isinstance(neurons, str) and not neurons.strip()):
+        given = [k for k, v in (("lang", lang), ("mode", mode), ("value", value), ("layers", layers)) if v is not None]
+        if given:
+            raise LapeConfigError(f"{'/'.join(given)}= given without neurons=: pass neurons=<mask .safetensors file>")
+        return None
+    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    op = Operation.parse(mode, value)
+    if n_layers is not None:
+        mask.check_model(n_layers, d_ff)
+    chosen = parse_layers(layers, mask.n_layers)
+    if lang is None or (isinstance(lang, str) and not lang.strip()):
+        raise LapeConfigError(f"neurons= needs lang=: one of {', '.join(mask.languages)}, several joined by +, all, or self")
+    if isinstance(lang, str) and lang.strip().lower() == "self":
+        langs = None
+    elif isinstance(lang, str) and lang.strip().lower() == "all":
+        langs = tuple(mask.languages)
+    else:
+
+        langs = tuple(dict.fromkeys(_code(mask, l) for l in _split_langs(lang)))
+        if not langs:
+            raise LapeConfigError(f"empty lang=: use codes of this mask ({', '.join(mask.languages)})")
+    sha = mask.sha256() if mask.path else "unsaved"
+    setting = Setting(mask, sha, langs, op, chosen)
+    if langs is not None:
+        setting.intervention(langs)  # validates values (p_max present ...) now, not mid-run
+    return setting
+
+
+@register_model("lape")
+class LapeLM(HFLM):
+    """lm-eval's HFLM with the interventions of :mod:`lapeval.intervene` (see the module docstring)."""
+
+    def __init__(self, pretrained, neurons=None, lang=None, mode=None, value=None, layers=None,
+                 device: str | None = None, **kwargs) -> None:
+        build_setting(neurons, lang, mode, value, layers)  # fail fast, before loading the model
+        self._lape_name = pretrained if isinstance(pretrained, str) else None
+        if isinstance(pretrained, str):
+            pretrained = models.resolve(pretrained)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__(pretrained=pretrained, device=device, **kwargs)
+        self.sites = find_sites(self.model)
+        self._lape: Setting | None = None
+        self._lape_db = None
+        self._lape_session = None
+        self.set_intervention(neurons=neurons, lang=lang, mode=mode, value=value, layers=layers)
+
+    # ---- the Python API ---------------------------------------------------------------------------
+    def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None) -> None:
+        """Switch the intervention (no reload). ``neurons=None`` clears it."""
+        self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), self.sites[0].d_ff)
+
+    def clear_intervention(self) -> None:
+        self._lape = None
+
+    @property
+    def intervention(self) -> Setting | None:
+        return self._lape
+
+    def apply(self, interventions, rows=None):
+        """``with lm.apply(iv)`` / ``with lm.apply([iv_a, iv_b], rows=[...])``: hooks for direct model calls."""
+        return intervene(self.model, interventions, rows=rows, sites=self.sites)
+
+    def describe_intervention(self) -> dict:
+        d = {"lapeval_version": __version__, "model": models.identity(self._lape_name or str(self.pretrained))}
+        d["intervention"] = None if self._lape is None else self._lape.describe()
+        return d
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["lape"] = self.describe_intervention()
+        return info
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._run("loglikelihood", requests, lambda r: HFLM.loglikelihood(self, r, disable_tqdm=disable_tqdm))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._run("loglikelihood_rolling", requests,
+                         lambda r: HFLM.loglikelihood_rolling(self, r, disable_tqdm=disable_tqdm))
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._run("generate_until", requests, lambda r: HFLM.generate_until(self, r, disable_tqdm=disable_tqdm))
+
+    def _groups(self, requests) -> list[tuple[tuple[str, ...] | None, list[int]]]:
+        """Requests grouped by the languages whose neurons they run with (None: no intervention)."""
+        s = self._lape
+        if s is None:
+            return [(None, list(range(len(requests))))]
+        if s.lang is not None:
+            return [(s.lang, list(range(len(requests))))]
+
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, req in enumerate(requests):
+            task = getattr(req, "task_name", None)
+            code = task_language(task) if task else None
+            if code is None:
+                raise LapeConfigError(f"lang=self: task {task!r} names no language; give lang= explicitly for it")
+            try:
+                code = _code(s.mask, code)
+            except MaskError:
+                raise MaskError(
+                    f"lang=self: task {task} is in {code}, which the mask has no neurons for (it has: "
+                    f"{', '.join(s.mask.languages)}); run it with an explicit lang= or another mask"
+                ) from None
+            groups.setdefault((code,), []).append(i)
+        return sorted(groups.items())
+
+    def _run(self, attr: str, requests, call: Callable[[list], list]) -> list:
+        db = self._lape_db
+        use_db = db is not None and db._lape_looked_up  # only inside a CachingLM call (see set_cache_hook)
+        if db is not None:
+            db._lape_looked_up = False
+        out: list[Any] = [None] * len(requests)
+        for langs, idx in self._groups(requests):
+            iv = None if langs is None else self._lape.intervention(langs)
+            salt = json.dumps(self._cache_identity(langs), sort_keys=True)
+            todo = idx
+            if use_db:
+                todo = []
+                for i in idx:
+                    key = self._cache_key(attr, requests[i], salt)
+                    if key is not None and _db_has(db, key):
+                        out[i] = _db_get(db, key)
+                    else:
+                        todo.append(i)
+            if todo:
+                with self._active(iv):
+                    res = call([requests[i] for i in todo])
+                for i, r in zip(todo, res, strict=True):
+                    out[i] = r
+                    if use_db and (key := self._cache_key(attr, requests[i], salt)) is not None:
+                        _db_set(db, key, r)
+        if use_db:
+            db.commit()
+        return out
+
+    @contextmanager
+    def _active(self, iv: Intervention | None):
+        """Hooks (and, for test-time statistics, the padding tap) around one request-method call."""
+        if iv is None:
+            yield
+            return
+        with intervene(self.model, iv, sites=self.sites) as session:
+            self._lape_session = session
+            try:
+                with _padding_tap(session) if session is not None and session.needs_stats else nullcontext():
+                    yield
+            finally:
+                self._lape_session = None
+
+    # ---- caching ----------------------------------------------------------------------------------
+    def _cache_identity(self, langs) -> dict:
+        model = {"model": self._lape_name or str(self.pretrained), "dtype": str(self.model.dtype)}
+        return {**model, "intervention": None if langs is None else self._lape.key(langs)}
+
+    @staticmethod
+    def _cache_key(attr: str, req, salt: str) -> str | None:
+        if attr == "generate_until" and req.args[1].get("do_sample", False):
+            return None  # sampled generations are never cached (as CachingLM)
+        return "lape:" + hash_args(attr, [*req.args, salt])
+
+    def set_cache_hook(self, cache_hook: CacheHook) -> None:
+        """``--use_cache``: take over the CachingLM database so that answers are keyed per intervention.
+
+        lm-eval's ``CachingLM`` keys entries on the request text only and hands its database to the model
+        through this hook. The database is switched to a guarded class: lm-eval's own text-only lookups
+        always miss and its writes are dropped, so every request reaches :meth:`_run`, which looks up and
+        stores under ``sha256(request, model, intervention of that request)``. Lookups by CachingLM mark the
+        database as in use for the next request call only, so a hook left on a reused instance after a
+        cached run (docs/lm-eval-notes.md §6) never caches later uncached runs.
+        """
+        db = getattr(cache_hook, "dbdict", None)
+        if db is not None:
+            _guard(db)
+        self._lape_db = db
+        super().set_cache_hook(cache_hook)
+
+
+# ---- the guarded cache database -------------------------------------------------------------------
+_GUARDED: dict[type, type] = {}
+
+
+def _guard(db) -> None:
+    base = type(db)
+    if getattr(base, "_lape_guarded", False):
+        db._lape_looked_up = False
+        return
+    if base not in _GUARDED:
+        def __contains__(self, key):
+            self._lape_looked_up = True
+            return False
+
+        def __getitem__(self, key):
+            raise KeyError(key)
+
+        def __setitem__(self, key, value):
+            return None
+
+        _GUARDED[base] = type(f"LapeGuarded{base.__name__}", (base,), {
+            "_lape_guarded": True, "_lape_base": base,
+            "__contains__": __contains__, "__getitem__": __getitem__, "__setitem__": __setitem__,
+        })
+    db.__class__ = _GUARDED[base]
+    db._lape_looked_up = False
+
+
+def _db_has(db, key) -> bool:
+    return db._lape_base.__contains__(db, key)
+
+
+def _db_get(db, key):
+    return db._lape_base.__getitem__(db, key)
+
+
+def _db_set(db, key, value) -> None:
+    db._lape_base.__setitem__(db, key, value)
+
+
+# ---- real lengths of right-padded log-likelihood rows ---------------------------------------------
+@contextmanager
+def _padding_tap(session):
+    """While active, lm-eval's ``pad_and_concat`` (how HFLM right-pads a log-likelihood batch, with no
+    attention mask) also tells ``session`` each row's real length, for per-row test-time statistics."""
+    original = _hf.pad_and_concat
+
+    def tapped(max_length, tensors, padding_side="right"):
+        if padding_side == "right":
+            session.set_lengths([int(t.shape[-1]) for t in tensors])
+        return original(max_length, tensors, padding_side=padding_side)
+
+    _hf.pad_and_concat = tapped
+    try:
+        yield
+    finally:
+        _hf.pad_and_concat = original
