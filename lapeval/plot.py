@@ -8,6 +8,18 @@ from ._io import atomic_path
 from .masks import NeuronMask
 
 
+def _save(fig, out: str | Path) -> Path:
+    """Write a figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    return out
+
+
 def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Path:
     import matplotlib
 
@@ -48,12 +60,7 @@ def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Pa
     fig.colorbar(im2, ax=ax2, fraction=0.046)
     model = mask.meta.get("model_id", "")
     fig.suptitle(title or f"{model}: {mask.unique_neurons()} neurons, {mask.n_layers} layers × {mask.d_ff}")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def heatmap(values, rows: list[str], cols: list[str], out: str | Path, title: str, fmt: str = "{:.2f}",
@@ -88,9 +95,4 @@ def heatmap(values, rows: list[str], cols: list[str], out: str | Path, title: st
                 ax.text(j, i, fmt.format(v[i, j]), ha="center", va="center", fontsize=7,
                         color="black" if bright else "white")
     fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
