@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -262,7 +261,7 @@ def _report(cfg, mask, langs, summary, ppl, lss, steer, elapsed) -> str:
         "",
         _md_matrix(langs, langs, lambda r, c: (f"**{ppl['delta_nll'][r][c]:+.3f}**" if r == c else f"{ppl['delta_nll'][r][c]:+.3f}")),
         "",
-        f"Baseline NLL per token: " + ", ".join(f"{m} {ppl['nll']['baseline'][m]:.2f}" for m in langs) + ".",
+        "Baseline NLL per token: " + ", ".join(f"{m} {ppl['nll']['baseline'][m]:.2f}" for m in langs) + ".",
         f"Mean diagonal ΔNLL {ppl['mean_diagonal']:.3f} vs mean off-diagonal {ppl['mean_off_diagonal']:.3f}: "
         f"ratio **{ppl['diagonal_ratio']:.1f}**; the diagonal is the row maximum in {ppl['diagonal_is_row_max']}/{len(langs)} rows.",
         "",
