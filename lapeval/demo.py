@@ -36,8 +36,8 @@ class DemoConfig:
     mask: str | None = None
     recompute: bool = False
     languages: str = DEFAULT_LANGUAGES
-    n_eval: int = 30  # held-out sentences per language for perplexity
-    n_facts: int = 40  # facts per source language for LSS
+    n_eval: int = 20  # held-out sentences per language for perplexity
+    n_facts: int = 30  # facts per source language for LSS
     n_prompts: int = 4  # prompts per source language for steered generation
     max_gen_toks: int = 16
     batch_size: int = 16
