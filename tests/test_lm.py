@@ -347,7 +347,9 @@ def test_real_lape_matches_hf_and_is_batch_invariant(real_model_dir, tmp_path, t
     assert lape.generate_until(gen_requests(TEXTS[:4], n=8)) == hf.generate_until(gen_requests(TEXTS[:4], n=8))
     del hf
     mask = real_mask(tmp_path_factory)
-    lape.set_intervention(neurons=mask, lang="self", mode="scale", value=1)
+    # scale=1 on every language's neurons: bit-identical (lang=self would regroup requests per language, so
+    # batches, padding and hence float rounding would differ from hf's mixed batches)
+    lape.set_intervention(neurons=mask, lang="all", mode="scale", value=1)
     assert samples(lape, yaml, 6) == want
     for mode, value in (("set", "p_max"), ("set", "tt_max"), ("zero", None)):
         lape.set_intervention(neurons=mask, lang="self", mode=mode, value=value)
@@ -358,4 +360,6 @@ def test_real_lape_matches_hf_and_is_batch_invariant(real_model_dir, tmp_path, t
         for task in got[1]:
             a = [float(r[0][0]) for doc in got[1][task] for r in doc]
             b = [float(r[0][0]) for doc in got[8][task] for r in doc]
-            assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (mode, value, task)
+            # hf itself moves up to 1.7e-5 between batch sizes 1 and 8 here (fp32 CPU matmuls of other
+            # shapes, benchmarks/lape_equivalence.py); interventions must not add batch dependence beyond that
+            assert max(abs(x - y) for x, y in zip(a, b)) <= 5e-5, (mode, value, task)

@@ -39,6 +39,10 @@ def test_choices_target_and_margins():
     out = lss.process_results(doc, [(-3.0, False), (-3.0, False), (-5.5, False)])
     assert out == {"margin": {"fr": 0.0, "zh": -2.5}, "src_top": 1}
     assert lss.mean_margin([out["margin"], {"fr": 1.0, "zh": 1.5}]) == pytest.approx(0.0)
+    # the same string in another language ties with the source object: still the top one
+    tie = lss.process_results(_doc(src_lang="fr"), [(-3.0, False), (-3.0, False), (-5.5, False)])
+    assert tie == {"margin": {"en": 0.0, "zh": -2.5}, "src_top": 1}
+    assert lss.process_results(doc, [(-3.0, False), (-2.0, False), (-5.5, False)])["src_top"] == 0
 
 
 def test_worked_example_of_the_method():

@@ -187,10 +187,10 @@ def test_include_override_keeps_lm_evals_prompt(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------- the real lm_eval command
-def run_lm_eval(model_args: str, tasks: str, out: Path, env_extra: dict, limit: int = 3, extra=()) -> dict:
+def run_lm_eval(model_args: str, tasks: str, out: Path, env_extra: dict, limit: int = 3, extra=(), batch_size: int = 4) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DISABLE_MULTIPROC": "1", **env_extra}
     cmd = [str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args", model_args, "--tasks", tasks,
-           "--include_path", str(TASKS), "--limit", str(limit), "--device", "cpu", "--batch_size", "4",
+           "--include_path", str(TASKS), "--limit", str(limit), "--device", "cpu", "--batch_size", str(batch_size),
            "--output_path", str(out), "--log_samples", *extra]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=out.parent)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -246,7 +246,7 @@ def test_real_model_tasks_and_sacrebleu_cli(tmp_path, real_model_dir):
     """Gemma-3-270m through the real lm_eval command: translation metrics equal the sacrebleu CLI on the
     logged outputs, and the model prefers the source-language object in its own language."""
     res = run_lm_eval(f"pretrained={real_model_dir},dtype=float32", "flores_mt_en-fr,lss_fr", tmp_path / "out",
-                      _shared_env(), limit=6, extra=["--gen_kwargs", "max_gen_toks=48"])
+                      _shared_env(), limit=6, extra=["--gen_kwargs", "max_gen_toks=32"], batch_size=8)
     (samples,) = glob.glob(str(tmp_path / "out" / "**" / "samples_flores_mt_en-fr_*.jsonl"), recursive=True)
     rows = [json.loads(l) for l in Path(samples).read_text(encoding="utf-8").splitlines()]
     cli = _sacrebleu_cli([r["bleu"][1] for r in rows], [r["bleu"][0] for r in rows], tmp_path)

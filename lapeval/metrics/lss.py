@@ -54,12 +54,12 @@ def margins_from_loglikelihoods(doc: dict, lls: list[float]) -> dict[str, float]
 
 
 def process_results(doc: dict, results) -> dict:
-    """``margin``: {t: margin(t)} for every other language; ``src_top``: the source-language object is the
-    most likely of all languages' objects (a sanity check of the baseline)."""
+    """``margin``: {t: margin(t)} for every other language; ``src_top``: no language's object is more likely
+    than the source-language object (a sanity check of the baseline; an object spelled the same in another
+    language ties with it and does not count against it)."""
     lls = [r[0] if isinstance(r, (tuple, list)) else r for r in results]
-    langs = object_languages(doc)
-    best = max(range(len(lls)), key=lambda i: lls[i])
-    return {"margin": margins_from_loglikelihoods(doc, lls), "src_top": int(langs[best] == doc["src_lang"])}
+    margins = margins_from_loglikelihoods(doc, lls)
+    return {"margin": margins, "src_top": int(all(m <= 0 for m in margins.values()))}
 
 
 def mean_margin(items) -> float:
