@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--langs", default="id,vi")
     ap.add_argument("--dtype", default="auto", help="e.g. float64: separates intervention effects from float32 noise")
     ap.add_argument("--modes-only", action="store_true", help="skip the bit-identity part")
+    ap.add_argument("--modes", help="subset, e.g. zero,set:p_max,add:tt_max (default: all)")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -75,7 +76,8 @@ def main() -> None:
 
     hf_same = [a == b for a, b in zip(hf_gen1, hf_gen8)]
     rows = []
-    for mode, value in MODES:
+    wanted = None if not args.modes else {m if ":" in m else m + ":None" for m in args.modes.split(",")}
+    for mode, value in [mv for mv in MODES if wanted is None or f"{mv[0]}:{mv[1]}" in wanted]:
         lape.set_intervention(neurons=mask, lang="self", mode=mode, value=value)
         ll8, gen8 = both(lape, 8)
         ll1, gen1 = both(lape, 1)
