@@ -3,7 +3,9 @@ measure FLORES-200 devtest perplexity in every language. The diagonal (deactivat
 rise far more than the off-diagonal.
 
 Perplexity of language E under setting S is exp(Σ NLL / Σ tokens) over the first ``--n`` devtest
-sentences, each scored whole by lm-eval's ``loglikelihood_rolling`` (first token predicted from BOS).
+sentences, each scored whole as ``loglikelihood("", sentence)`` (every token predicted, the first from BOS;
+as the ``flores_ppl_*`` tasks, see lapeval/metrics/perplexity.py — ``loglikelihood_rolling`` would also score
+log P(BOS | BOS) on Gemma). Tokens counted without BOS.
 ΔNLL[S, E] = log PPL[S, E] − log PPL[baseline, E]; the reported ratio is
 mean_L ΔNLL[L, L] / mean_{L≠E} ΔNLL[L, E] (and the same with PPL differences).
 
@@ -41,15 +43,15 @@ def main() -> None:
         path = B.SHARED / "flores200_devtest" / "devtest" / f"{languages.get(l).flores}.devtest"
         sents = path.read_text(encoding="utf-8").splitlines()[: args.n]
         for i, s in enumerate(sents):
-            reqs.append(Instance("loglikelihood_rolling", {}, (s,), len(reqs), (f"flores_ppl_{l}", i, 1)))
+            reqs.append(Instance("loglikelihood", {}, ("", s), len(reqs), (f"flores_ppl_{l}", i, 1)))
             owner.append(l)
     lm = LapeLM(pretrained=args.model, device="cpu", batch_size=args.batch_size)
     ntok = {l: 0 for l in langs}
     for r, l in zip(reqs, owner):
-        ntok[l] += len(lm.tok_encode(r.args[0]))
+        ntok[l] += len(lm.tok_encode(r.args[1], add_special_tokens=False))
 
     def ppl() -> dict[str, float]:
-        lls = lm.loglikelihood_rolling(reqs, disable_tqdm=True)
+        lls = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
         nll = {l: 0.0 for l in langs}
         for v, l in zip(lls, owner):
             nll[l] -= v

@@ -14,7 +14,10 @@ COMMAND_MODULES = (
     "lapeval.commands.masks",
     "lapeval.commands.eval",
     "lapeval.commands.lss",
+    "lapeval.commands.search_factor",
+    "lapeval.commands.grid",
     "lapeval.commands.demo",
+    "lapeval.commands.check",
 )
 
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ._io import write_json, write_text
-from .masks import NeuronMask
 
 DATA = Path(__file__).resolve().parent / "data"
 DEMO_TEXT = DATA / "demo_text"
@@ -193,6 +192,8 @@ def run(cfg: DemoConfig, log=print) -> Path:
     else:
         mask_path = Path(cfg.mask) if cfg.mask else committed_mask()
         log(f"[1/5] language neurons: {mask_path}")
+    from .masks import NeuronMask
+
     mask = NeuronMask.load(mask_path)
     missing = [l for l in langs if l not in mask.languages]
     if missing:

@@ -139,6 +139,7 @@ class LapeLM(HFLM):
         self._lape: Setting | None = None
         self._lape_db = None
         self._lape_session = None
+        self._lape_memo: dict[str, Any] = {}
         self.set_intervention(neurons=neurons, lang=lang, mode=mode, value=value, layers=layers)
 
     # ---- the Python API ---------------------------------------------------------------------------
@@ -212,8 +213,16 @@ class LapeLM(HFLM):
             iv = None if langs is None else self._lape.intervention(langs)
             salt = json.dumps(self._cache_identity(langs), sort_keys=True)
             todo = idx
-            if use_db:
+            if self._lape_memo:  # answers scored ahead by prefill (cells as batch rows)
                 todo = []
+                for i in idx:
+                    key = self._cache_key(attr, requests[i], salt)
+                    if key is not None and key in self._lape_memo:
+                        out[i] = self._lape_memo[key]
+                    else:
+                        todo.append(i)
+            if use_db:
+                idx, todo = todo, []
                 for i in idx:
                     key = self._cache_key(attr, requests[i], salt)
                     if key is not None and _db_has(db, key):
@@ -246,15 +255,63 @@ class LapeLM(HFLM):
                 self._lape_session = None
 
     # ---- caching ----------------------------------------------------------------------------------
-    def _cache_identity(self, langs) -> dict:
+    def _cache_identity(self, langs, setting: Setting | None = None) -> dict:
         model = {"model": self._lape_name or str(self.pretrained), "dtype": str(self.model.dtype)}
-        return {**model, "intervention": None if langs is None else self._lape.key(langs)}
+        setting = setting or self._lape
+        return {**model, "intervention": None if langs is None else setting.key(langs)}
 
     @staticmethod
     def _cache_key(attr: str, req, salt: str) -> str | None:
         if attr == "generate_until" and req.args[1].get("do_sample", False):
             return None  # sampled generations are never cached (as CachingLM)
         return "lape:" + hash_args(attr, [*req.args, salt])
+
+    # ---- cells as batch rows -------------------------------------------------------------------------
+    def prefill(self, requests, settings: list[dict]) -> int:
+        """Score the log-likelihood ``requests`` under every one of ``settings`` (``set_intervention``
+        keyword dicts with explicit languages) in ONE pass whose batches mix rows of different settings,
+        each row hooked with its own setting's neurons. Later requests under a prefilled setting are
+        answered from memory (until :meth:`clear_prefill`). Returns the number of rows scored.
+
+        Tokenisation is lm-eval's own (``TemplateLM.loglikelihood``); batching is HFLM's
+        ``_loglikelihood_tokens`` with its one-token-continuation logits sharing off (it would merge rows of
+        different settings)."""
+        from lm_eval.api.model import TemplateLM
+
+        built = [build_setting(s.get("neurons"), s.get("lang"), s.get("mode"), s.get("value"), s.get("layers"),
+                               len(self.sites), self.sites[0].d_ff) for s in settings]
+        if any(b is None or b.lang is None for b in built):
+            raise LapeConfigError("prefill needs settings with neurons= and explicit lang= (not self)")
+        requests = [r for r in requests if r.request_type == "loglikelihood"]
+        if not requests:
+            return 0
+        encoded: list = []
+        self._loglikelihood_tokens = lambda reqs, **kw: encoded.extend(reqs) or [(0.0, False)] * len(reqs)
+        try:
+            TemplateLM.loglikelihood(self, requests, disable_tqdm=True)
+        finally:
+            del self._loglikelihood_tokens  # back to the class method
+        rows = [((k, *strs), ctx, cont) for k in range(len(built)) for strs, ctx, cont in dict.fromkeys(
+            (tuple(e[0]), tuple(e[1]), tuple(e[2])) for e in encoded)]
+        rows = [(key, list(ctx), list(cont)) for key, ctx, cont in rows]
+        ivs = [b.intervention(b.lang) for b in built]
+        hook, cache, self.cache_hook = self.cache_hook, self.logits_cache, CacheHook(None)
+        self.logits_cache = False
+        try:
+            with intervene(self.model, ivs, rows=[0], sites=self.sites) as session:
+                tap = _padding_tap(session) if session is not None and session.needs_stats else nullcontext()
+                with _row_tap(session), tap:
+                    res = HFLM._loglikelihood_tokens(self, rows, disable_tqdm=False)
+        finally:
+            self.cache_hook, self.logits_cache = hook, cache
+        salts = [json.dumps(self._cache_identity(b.lang, b), sort_keys=True) for b in built]
+        for (key, _, _), r in zip(rows, res, strict=True):
+            k, ctx, cont = key
+            self._lape_memo["lape:" + hash_args("loglikelihood", [ctx, cont, salts[k]])] = r
+        return len(rows)
+
+    def clear_prefill(self) -> None:
+        self._lape_memo = {}
 
     def set_cache_hook(self, cache_hook: CacheHook) -> None:
         """``--use_cache``: take over the CachingLM database so that answers are keyed per intervention.
@@ -311,6 +368,27 @@ def _db_get(db, key):
 
 def _db_set(db, key, value) -> None:
     db._lape_base.__setitem__(db, key, value)
+
+
+# ---- which setting each batch row of a prefill pass runs ------------------------------------------
+@contextmanager
+def _row_tap(session):
+    """While active, every batch HFLM's Collator hands out sets ``session.rows`` to its rows' settings
+    (the first element of each prefill request's key)."""
+    original = _hf.Collator
+
+    class RowCollator(original):
+        def get_batched(self, *args, **kwargs):
+            for chunk in super().get_batched(*args, **kwargs):
+                if session is not None:
+                    session.rows = [int(item[0][0]) for item in chunk]
+                yield chunk
+
+    _hf.Collator = RowCollator
+    try:
+        yield
+    finally:
+        _hf.Collator = original
 
 
 # ---- real lengths of right-padded log-likelihood rows ---------------------------------------------

@@ -128,17 +128,21 @@ class ActivationRecorder:
         self.slot_filled = torch.zeros(n_slots, dtype=torch.int64)
         self._handles: list = []
 
-    def set_batch(self, counted: torch.Tensor, slots: torch.Tensor) -> None:
+    def set_batch(self, counted: torch.Tensor, slots: torch.Tensor, device: torch.device | None = None) -> None:
+        """``counted`` and ``slots`` on the CPU; everything the hooks need is moved to ``device`` here, with
+        no host synchronisation (so on a GPU the next batch is prepared while this one runs)."""
         B, T = counted.shape
         self._shape = (B, T)
+        dev = device or counted.device
         flat = counted.reshape(-1)
-        self._uncounted = (~flat).nonzero().squeeze(1)  # pads and prefix: few, subtracted afterwards
+        self._uncounted = (~flat).nonzero().squeeze(1).to(dev, non_blocking=True)  # pads and prefix: few, subtracted
         rows = (slots >= 0).nonzero().squeeze(1)
-        self._slot_rows, self._slot_ids = rows, slots[rows]
-        self._slot_mask = counted[rows].unsqueeze(-1)  # [r, T, 1]
-        self._slot_count = counted[rows].sum(1, keepdim=True).clamp(min=1)  # [r, 1]
+        self._slot_ids = slots[rows]
+        self._slot_rows = rows.to(dev, non_blocking=True)
+        self._slot_mask = counted[rows].unsqueeze(-1).to(dev, non_blocking=True)  # [r, T, 1]
+        self._slot_count = counted[rows].sum(1, keepdim=True).clamp(min=1).to(dev, non_blocking=True)  # [r, 1]
         if rows.numel():
-            self.slot_filled[self._slot_ids.cpu()] = 1
+            self.slot_filled[self._slot_ids] = 1
 
     def _hook(self, layer: int):
         def hook(module, inputs, out):
@@ -146,14 +150,14 @@ class ActivationRecorder:
             a = out.reshape(-1, d)
             pos = (a > 0).sum(0)
             if self._uncounted.numel():
-                pos -= (a.index_select(0, self._uncounted.to(a.device)) > 0).sum(0)
+                pos -= (a.index_select(0, self._uncounted.to(a.device, non_blocking=True)) > 0).sum(0)
             self.over_zero[layer] += pos
-            if self._slot_rows.numel():
+            if self._slot_ids.numel():
                 B, T = self._shape
-                rows = a.reshape(B, T, d).index_select(0, self._slot_rows.to(a.device)).float()
-                mask = self._slot_mask.to(a.device)
-                means = (rows * mask).sum(1) / self._slot_count.to(a.device)
-                self.slot_means[layer][self._slot_ids.cpu()] = means.cpu()
+                rows = a.reshape(B, T, d).index_select(0, self._slot_rows.to(a.device, non_blocking=True)).float()
+                mask = self._slot_mask.to(a.device, non_blocking=True)
+                means = (rows * mask).sum(1) / self._slot_count.to(a.device, non_blocking=True)
+                self.slot_means[layer][self._slot_ids] = means.cpu()
 
         return hook
 
@@ -182,6 +186,45 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)
         return x.to(t.device)
     return t
+
+
+def _prefetch(items: Iterable, depth: int = 4096) -> Iterator:
+    """Yield ``items`` produced by a background thread (fast tokenizers release the GIL), in order; an
+    exception in the producer is re-raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for x in items:
+                if stop.is_set():
+                    return
+                q.put(x)
+            q.put(end)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    th = threading.Thread(target=produce, daemon=True)
+    th.start()
+    try:
+        while True:
+            x = q.get()
+            if x is end:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.01)
 
 
 # ---- one language ------------------------------------------------------------------------------
@@ -227,15 +270,19 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
             counted = attn.bool().clone()
             counted[:, :prefix_len] = False
             slots = torch.tensor([g if g < cfg.n_sentences else -1 for g, _ in batch])
-            rec.set_batch(counted.to(device), slots)
-            stack(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False)
+            rec.set_batch(counted, slots, device)
+            stack(input_ids=ids.to(device, non_blocking=True), attention_mask=attn.to(device, non_blocking=True),
+                  use_cache=False)
             c = int(counted.sum())
             n_tokens += c
             bar.update(c * world)
 
     with rec:
         window: list[tuple[int, list[int]]] = []
-        for g, seq in enumerate(sequences(tokenizer, texts, cfg.max_tokens, cfg.max_length)):
+        seqs = sequences(tokenizer, texts, cfg.max_tokens, cfg.max_length)
+        if device.type != "cpu":  # tokenise on the host while the accelerator runs the stack
+            seqs = _prefetch(seqs)
+        for g, seq in enumerate(seqs):
             n_seqs = g + 1
             if g % world != rank:
                 continue

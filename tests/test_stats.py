@@ -165,3 +165,21 @@ def test_two_process_gloo_equals_single_process(tmp_path, tiny_tokenizer):
     assert torch.equal(one.n_sentences, two.n_sentences)
     for k in ("act_max", "act_median", "act_min"):
         torch.testing.assert_close(one.act[k], two.act[k], rtol=1e-6, atol=1e-7)
+
+
+def test_prefetch_keeps_order_and_reraises():
+    from lapeval.stats import _prefetch
+
+    assert list(_prefetch(iter(range(10_000)), depth=7)) == list(range(10_000))
+
+    def broken():
+        yield 1
+        raise ValueError("bad text")
+
+    it = _prefetch(broken())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad text"):
+        next(it)
+    early = _prefetch(iter(range(100)), depth=2)  # consumer stops early: the producer thread ends
+    assert next(early) == 0
+    early.close()

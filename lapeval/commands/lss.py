@@ -146,26 +146,48 @@ def _loglikelihoods(lm, pairs: list[tuple[str, str]], task_name: str) -> dict[tu
     return {p: float(r[0]) for p, r in zip(unique, out)}
 
 
+def _need(facts: dict, targets: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Per source s, the (prompt, continuation) pairs of the baseline: obj_l for l in {s} ∪ targets."""
+    return {s: [(p, delim + d[f"obj_{l}"]) for _, d, p, delim in rows
+                for l in [s, *targets] if d.get(f"obj_{l}") not in (None, "")]
+            for s, rows in facts.items()}
+
+
+def baseline_loglikelihoods(lm, tasks: dict, targets: list[str], *, limit=None, log=print) -> dict[tuple[str, str], float]:
+    """log P(obj_l | prompt_s) with no intervention, for every source task s, its first ``limit`` facts and
+    l in {s} ∪ targets: ``{(prompt, continuation): log-likelihood}``. Pass it to :func:`compute_matrix`
+    (``baseline=``) to score several interventions against one baseline."""
+    lm.clear_intervention()
+    facts = {s: _facts(task, limit) for s, task in tasks.items()}
+    need = _need(facts, targets)
+    base: dict[tuple[str, str], float] = {}
+    t0 = time.time()
+    for s in facts:
+        base.update(_loglikelihoods(lm, need[s], f"lss_{s}"))
+    log(f"baseline: {len(base)} log-likelihoods in {time.time() - t0:.0f}s")
+    return base
+
+
 def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", value="p_max", layers=None,
-                   limit=None, log=print) -> dict:
+                   limit=None, log=print, baseline: dict | None = None) -> dict:
     """LSS(s, t) for every source task and target language, with one model instance.
 
-    Baseline: log P(obj_l | prompt_s) for l in {s} ∪ targets, once. Then, per target t, t's neurons
-    switched on and only obj_s and obj_t re-scored for every source s ≠ t.
+    Baseline: log P(obj_l | prompt_s) for l in {s} ∪ targets, once (or ``baseline``, as returned by
+    :func:`baseline_loglikelihoods` for the same tasks, targets and limit). Then, per target t, t's
+    neurons switched on and only obj_s and obj_t re-scored for every source s ≠ t.
     """
     from ..metrics import lss
 
     lm.clear_intervention()
     facts = {s: _facts(task, limit) for s, task in tasks.items()}
-    need = {}
-    for s, rows in facts.items():
-        need[s] = [(p, delim + d[f"obj_{l}"]) for _, d, p, delim in rows
-                   for l in [s, *targets] if d.get(f"obj_{l}") not in (None, "")]
-    base = {}
-    t0 = time.time()
-    for s in facts:
-        base.update(_loglikelihoods(lm, need[s], f"lss_{s}"))
-    log(f"baseline: {len(base)} log-likelihoods in {time.time() - t0:.0f}s")
+    if baseline is None:
+        base = baseline_loglikelihoods(lm, tasks, targets, limit=limit, log=log)
+    else:
+        base = baseline
+        missing = [p for pairs in _need(facts, targets).values() for p in pairs if p not in base]
+        if missing:
+            raise ValueError(f"the given baseline lacks {len(missing)} of the needed log-likelihoods "
+                             f"(computed for other sources, targets or limit?)")
 
     matrix: dict[str, dict[str, float]] = {s: {} for s in facts}
     n_items = {s: len(rows) for s, rows in facts.items()}

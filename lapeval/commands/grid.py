@@ -1,0 +1,73 @@
+"""``lapeval grid [CONFIG.yaml] [--flag ...]``: baseline + every (intervention, target) cell on every task,
+one model load (see :mod:`lapeval.grid`); flags override the YAML file's settings.
+
+Example CONFIG.yaml::
+
+    model: gemma-3-270m                 # known name, local folder or hub id
+    model_args: {dtype: float32}        # any hf model argument
+    neurons: neuron_masks/gemma-3-270m.safetensors
+    targets: [en, fr, zh, ja]
+    interventions: [set:p_max]          # or {mode: set, value: p_max, layers: 10-17}; zero; scale:2 ...
+    tasks: [lss_en, lss_fr, lss_zh, lss_ja, xcopa_zh, flores_ppl_en, flores_ppl_fr]
+    limit: 20
+    batch_size: 8
+    device: cpu
+    output: out/grid
+"""
+
+from __future__ import annotations
+
+import sys
+
+FLAGS = {
+    "model": "model: a known name (gemma-3-270m), a local folder or a hub id",
+    "model_args": "extra hf model arguments, key=value,key=value (e.g. dtype=bfloat16)",
+    "neurons": "the neuron mask (.safetensors)",
+    "targets": "target languages, comma-separated",
+    "interventions": "interventions, comma-separated mode:value[@layers] (default set:p_max), e.g. set:p_max,zero",
+    "tasks": "tasks or groups, comma-separated (lm-eval's and lapeval's)",
+    "output": "output directory (default out/grid)",
+    "include_path": "extra task folders, comma-separated",
+    "device": "cpu (default) or cuda",
+    "multiplex": "cells as batch rows: auto (GPU only), on, off",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grid", help="baseline + (intervention × target) cells on every task, one model load",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="grid YAML file (optional when the flags say everything)")
+    for name, text in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, help=text)
+    p.add_argument("--limit", type=float, help="documents per task (an integer) or a fraction (< 1)")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--num-fewshot", dest="num_fewshot", type=int)
+    p.add_argument("--bootstrap-iters", dest="bootstrap_iters", type=int, help="lm-eval's stderr bootstrap (default 1000)")
+    p.add_argument("--ci-resamples", dest="ci_resamples", type=int, help="paired-bootstrap resamples of deltas (default 1000)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--summary-only", action="store_true", help="only rebuild the summary of an existing output directory")
+    p.set_defaults(handler=_grid)
+
+
+def _grid(args) -> int:
+    from pathlib import Path
+
+    from ..grid import GridConfig, run_grid
+
+    if args.summary_only:
+        from ..report import write_summary
+
+        out = Path(args.output or args.config or "out/grid")
+        if not (out / "grid.json").is_file():
+            raise FileNotFoundError(f"{out} holds no grid.json: give the grid's output directory with --output")
+        write_summary(out, log=lambda m: print(m, file=sys.stderr))
+        return 0
+    overrides = {k: getattr(args, k) for k in (*FLAGS, "limit", "batch_size", "num_fewshot", "bootstrap_iters",
+                                                "ci_resamples", "seed")}
+    if overrides["limit"] is not None and overrides["limit"] >= 1:
+        overrides["limit"] = int(overrides["limit"])
+    cfg = GridConfig.load(args.config, overrides)
+    status = run_grid(cfg, log=lambda m: print(m, file=sys.stderr))
+    ran = sum(v == "ran" for v in status.values())
+    print(f"{Path(cfg.output) / 'summary.md'}  ({ran} cell(s) run, {len(status) - ran} reused)")
+    return 0

@@ -1,0 +1,300 @@
+"""Choosing the amplification value per target language by LSS (method.md §3.3 "How the factor was searched
+and chosen", §4).
+
+Every candidate operation (``mode:value``, e.g. ``set:p_max``) is applied to the neurons of each target
+language t in turn and scored by LSS(s, t) on the parallel facts of every source s ≠ t, all against one
+baseline (no intervention) computed once. For each candidate the result is the LSS matrix (sources ×
+targets), its per-target means over s ≠ t and its overall off-diagonal mean. The chosen candidate of a
+target is the one with the highest per-target mean; the chosen candidate overall the one with the highest
+off-diagonal mean. Ties go to the candidate that comes **earlier** in the candidate list, so list the
+preferred (e.g. the paper's p_max) first.
+
+Default candidates (the reference's grid, §3.3): ``set:p_max``, ``set:p_median`` (patched), ``set:tt_max``,
+``add:tt_max`` (test-time layer maximum), ``set:tt_p10`` (test-time 10th percentile, a soft deactivation),
+``zero`` (deactivation, the contrast), then ``scale:c`` for each factor c of ``scales`` (default 2, 5, 10).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .intervene import InterventionError, Operation, parse_layers
+
+DEFAULT_CANDIDATES = ("set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero")
+DEFAULT_SCALES = (2.0, 5.0, 10.0)
+TIE_RULE = "ties go to the earlier candidate in the list"
+
+
+class CandidateError(InterventionError):
+    """A bad candidate (mode, value, or a value the mask lacks): one line naming the candidate and the fix."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One operation to try: ``label`` is its canonical ``mode:value`` spelling (``zero`` alone)."""
+
+    op: Operation
+
+    @property
+    def mode(self) -> str:
+        return self.op.mode
+
+    @property
+    def value(self) -> float | str | None:
+        return self.op.value
+
+    @property
+    def label(self) -> str:
+        if self.op.value is None:
+            return self.op.mode
+        v = self.op.value
+        return f"{self.op.mode}:{format(v, 'g') if isinstance(v, float) else v}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_candidate(spec) -> Candidate:
+    """``"set:p_max"`` / ``"set=p_max"`` / ``"zero"`` / ``("scale", 2)`` / a :class:`Candidate`."""
+    if isinstance(spec, Candidate):
+        return spec
+    if isinstance(spec, Operation):
+        return Candidate(spec)
+    if isinstance(spec, (tuple, list)):
+        if not 1 <= len(spec) <= 2:
+            raise CandidateError(f"candidate {spec!r}: give (mode, value) or (mode,)")
+        mode, value = spec[0], spec[1] if len(spec) == 2 else None
+        text = f"{mode}:{value}" if value is not None else str(mode)
+    else:
+        text = str(spec).strip()
+        sep = min((i for i in (text.find(":"), text.find("=")) if i >= 0), default=-1)
+        mode, value = (text[:sep], text[sep + 1:]) if sep >= 0 else (text, None)
+    try:
+        return Candidate(Operation.parse(str(mode).strip(), value))
+    except InterventionError as e:
+        raise CandidateError(f"candidate {text!r}: {e} (candidates are mode:value, e.g. set:p_max, scale:2, zero)") from None
+
+
+def parse_scales(spec) -> list[float]:
+    """``"2,5,10"`` (or numbers) → [2.0, 5.0, 10.0]; ``""``/None → []."""
+    if spec is None:
+        return []
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        if isinstance(item, str) and not item:
+            continue
+        try:
+            f = float(item)
+        except (TypeError, ValueError):
+            raise CandidateError(f"--scales: {item!r} is not a number (give factors such as 2,5,10, or '' for none)") from None
+        if not math.isfinite(f):
+            raise CandidateError(f"--scales: {item!r} is not a finite number")
+        out.append(f)
+    return out
+
+
+def default_candidates(scales: Iterable[float] = DEFAULT_SCALES) -> list[Candidate]:
+    """The reference grid (:data:`DEFAULT_CANDIDATES`) then ``scale:c`` for each c of ``scales``."""
+    return build_candidates(None, scales)
+
+
+def build_candidates(specs=None, scales: Iterable[float] = ()) -> list[Candidate]:
+    """``specs`` (a comma string or a list; None = :data:`DEFAULT_CANDIDATES`) then ``scale:c`` per scale,
+    parsed, with repeats (same canonical label) dropped keeping the first. Refuses an empty list."""
+    if specs is None:
+        specs = list(DEFAULT_CANDIDATES)
+    elif isinstance(specs, str):
+        specs = [s for s in (p.strip() for p in specs.split(",")) if s]
+    cands = [parse_candidate(s) for s in specs] + [Candidate(Operation.parse("scale", float(c))) for c in scales]
+    seen: dict[str, Candidate] = {}
+    for c in cands:
+        seen.setdefault(c.label, c)
+    if not seen:
+        raise CandidateError("no candidates to search: give --candidates mode:value,... and/or --scales")
+    return list(seen.values())
+
+
+def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[str]) -> None:
+    """One-line errors, before anything heavy: every target is a language of the mask, and every candidate
+    taking its value from the mask (``p_max`` / ``p_median``) finds it for every target."""
+    from .intervene import _code
+
+    codes = [_code(mask, t) for t in targets]  # MaskError naming the mask's languages
+    where = f" {mask.path}" if mask.path else ""
+
+    def lacking(c: Candidate) -> list[str]:
+        kind = c.op.mask_values
+        return [t for t, code in zip(targets, codes) if kind and kind not in mask.sets[code].values]
+
+    bad = [(c, lacking(c)) for c in candidates if lacking(c)]
+    if bad:
+        c, langs = bad[0]
+        rest = [x.label for x in candidates if not lacking(x)]
+        drop = f"drop it with --candidates {','.join(rest)}" if rest else "give other --candidates (e.g. set:tt_max,zero)"
+        raise CandidateError(
+            f"candidate {c.label!r}: mask{where} has no {c.op.mask_values} values for {', '.join(langs)}: {drop}, "
+            f"or use a mask from lapeval identify, which stores p_max/p_median from the activation statistics"
+        )
+
+
+# ------------------------------------------------------------------------------------------ search
+def _nan_to_none(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def _best(scores: list[tuple[str, float]]) -> tuple[str, float] | None:
+    """The first (label, score) with the highest score, NaN skipped; None when every score is NaN."""
+    best = None
+    for label, v in scores:
+        if v is None or math.isnan(v):
+            continue
+        if best is None or v > best[1]:  # strictly greater: a tie keeps the earlier candidate
+            best = (label, v)
+    return best
+
+
+def search_factor(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=None, limit: int | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """LSS of every candidate operation for every target language, against one baseline.
+
+    ``lm``: a :class:`~lapeval.lm.LapeLM`; ``tasks``: ``{s: lss_<s> task}`` (from
+    :func:`lapeval.commands.lss.load_lss_tasks`); ``targets``: languages of the mask whose neurons get the
+    operation; ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask`; ``candidates``: ``mode:value``
+    strings, ``(mode, value)`` tuples or :class:`Candidate` s (see :func:`parse_candidate`); ``layers``:
+    where to intervene (default all); ``limit``: first N facts per source.
+
+    The baseline log-likelihoods (no intervention) are computed once; each candidate then gives exactly
+    what :func:`lapeval.commands.lss.compute_matrix` gives for it alone. Returns::
+
+        candidates        [label, ...] in the given order (repeats dropped)
+        sources, targets  the languages, in order
+        table             {label: {t: mean over s ≠ t of LSS(s, t)}}
+        overall           {label: mean LSS over all off-diagonal (s, t) pairs}
+        best_per_target   {t: {"candidate", "mode", "value", "lss"}}, highest table[·][t]
+        best_overall      {"candidate", "mode", "value", "lss"}, highest overall
+        matrices          {label: {s: {t: LSS(s, t)}}}
+        n_items           {s: facts scored}
+
+    Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
+    win, and a target whose every mean is NaN gets ``None``.
+    """
+    from .commands.lss import baseline_loglikelihoods, compute_matrix
+    from .masks import NeuronMask
+
+    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    cands = build_candidates(candidates if isinstance(candidates, str) else list(candidates))
+    targets = list(targets)
+    check_candidates(cands, mask, targets)
+    parse_layers(layers, mask.n_layers)
+    mask.check_model(len(lm.sites), lm.sites[0].d_ff)
+
+    base = baseline_loglikelihoods(lm, tasks, targets, limit=limit, log=log)
+    matrices, table, overall, n_items, sources = {}, {}, {}, {}, list(tasks)
+    for i, c in enumerate(cands, 1):
+        t0 = time.time()
+        res = compute_matrix(lm, tasks, targets, neurons=mask, mode=c.mode, value=c.value, layers=layers,
+                             limit=limit, log=lambda m: None, baseline=base)
+        matrices[c.label] = res["matrix"]
+        table[c.label] = {t: res["per_target"].get(t, math.nan) for t in targets}
+        overall[c.label] = res["mean_off_diagonal"]
+        n_items, sources = res["n_items"], res["sources"]
+        log(f"candidate {i}/{len(cands)} {c.label}: mean LSS {overall[c.label]:.3f} ({time.time() - t0:.0f}s)")
+
+    by_label = {c.label: c for c in cands}
+
+    def pick(scores):
+        b = _best(scores)
+        if b is None:
+            return None
+        c = by_label[b[0]]
+        return {"candidate": c.label, "mode": c.mode, "value": c.value, "lss": b[1]}
+
+    return {
+        "candidates": [c.label for c in cands],
+        "sources": sources,
+        "targets": targets,
+        "table": table,
+        "overall": overall,
+        "best_per_target": {t: pick([(c.label, table[c.label][t]) for c in cands]) for t in targets},
+        "best_overall": pick([(c.label, overall[c.label]) for c in cands]),
+        "tie_rule": TIE_RULE,
+        "matrices": matrices,
+        "n_items": n_items,
+    }
+
+
+# ------------------------------------------------------------------------------------------ reports
+def format_table(result: dict, fmt: str = "{:6.3f}") -> str:
+    """Plain text: rows = candidates, columns = targets and the overall off-diagonal mean."""
+    targets = result["targets"]
+    width = max(len("candidate"), *(len(c) for c in result["candidates"]))
+    cols = [*targets, "all"]
+    lines = [f"{'candidate':<{width}} " + " ".join(f"{c:>6}" for c in cols)]
+    for c in result["candidates"]:
+        vals = [result["table"][c][t] for t in targets] + [result["overall"][c]]
+        lines.append(f"{c:<{width}} " + " ".join(_cell(v, fmt) for v in vals))
+    return "\n".join(lines)
+
+
+def _cell(v, fmt: str) -> str:
+    return f"{'-':>6}" if v is None or math.isnan(v) else fmt.format(v)
+
+
+def _is_max(v, column: list) -> bool:
+    finite = [x for x in column if x is not None and not math.isnan(x)]
+    return v is not None and not math.isnan(v) and bool(finite) and v == max(finite)
+
+
+def format_markdown(result: dict, title: str = "") -> str:
+    """A markdown table: rows = candidates, columns = targets + overall mean; the best of each column in
+    bold (every tied best), then the chosen candidate per target and overall."""
+    targets, cands = result["targets"], result["candidates"]
+    cols = {t: [result["table"][c][t] for c in cands] for t in targets}
+    cols["all (s ≠ t)"] = [result["overall"][c] for c in cands]
+    out = [f"# {title}" if title else "# LSS factor search", ""]
+    n = result.get("n_items") or {}
+    if n:
+        out += [f"Mean LSS over sources s ≠ t ({', '.join(f'{s}: {k}' for s, k in n.items())} facts); "
+                f"best of each column in bold; {TIE_RULE}.", ""]
+    out.append("| candidate | " + " | ".join(cols) + " |")
+    out.append("|---|" + "---:|" * len(cols))
+    for i, c in enumerate(cands):
+        cells = []
+        for col in cols.values():
+            v = col[i]
+            s = "–" if v is None or math.isnan(v) else f"{v:.3f}"
+            cells.append(f"**{s}**" if _is_max(v, col) else s)
+        out.append(f"| {c} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Chosen per target: " + ", ".join(
+        f"{t} → {b['candidate']} ({b['lss']:.3f})" if b else f"{t} → none" for t, b in result["best_per_target"].items()))
+    b = result["best_overall"]
+    out.append("")
+    out.append(f"Best overall: {b['candidate']} (LSS {b['lss']:.3f})" if b else "Best overall: none (no LSS pair scored)")
+    return "\n".join(out) + "\n"
+
+
+def plot_table(result: dict, out, title: str = "") -> Path:
+    """Heatmap candidates × (targets, overall mean) via :func:`lapeval.plot.heatmap`."""
+    from .plot import heatmap
+
+    rows = result["candidates"]
+    cols = [*result["targets"], "all"]
+    values = [[_nan(result["table"][c][t]) for t in result["targets"]] + [_nan(result["overall"][c])] for c in rows]
+    return heatmap(values, rows, cols, out, title or "mean LSS over s ≠ t", fmt="{:.2f}",
+                   xlabel="amplified target language", ylabel="candidate")
+
+
+def _nan(v) -> float:
+    return math.nan if v is None else float(v)

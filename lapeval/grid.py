@@ -1,0 +1,362 @@
+"""Leaderboard grids: the baseline and every (intervention, target language) cell on every task, with ONE
+model load and the tasks built once.
+
+    cells = [baseline] + [(op, t) for op in interventions for t in targets]
+
+Each cell switches the loaded ``lape`` model to its setting (``lm.set_intervention``; the baseline has
+none, so it *is* lm-eval's ``hf``) and runs lm-eval's own ``evaluate`` on the task dictionary loaded
+once. The output directory holds, per cell, ``cells/<cell>/results.json`` (lm-eval's results format with
+``config.lape`` provenance and ``lapeval_grid``: the cell and its key) and ``samples_<task>.jsonl``;
+``grid.json`` (the configuration and the cell list); and the summary of :mod:`lapeval.report`.
+
+Resume: a cell whose ``results.json`` carries the same key (model, model arguments, mask sha256, tasks,
+limit, few-shot, seeds, the cell's intervention) is not recomputed; cell files are written atomically, so a
+killed grid leaves only whole cells behind.
+
+Cells as batch rows (``multiplex``): the log-likelihood requests of all cells of one intervention are
+scored in one pass whose batches hold rows of several cells, each row with its own cell's neurons
+(:meth:`lapeval.lm.LapeLM.prefill`); the cells' lm-eval runs then read those answers. The baseline is
+never multiplexed (it stays bit-identical to ``hf``); multiplexed cells equal separate runs up to the
+floating-point noise of a different batch composition (as lm-eval's own batch-size noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__
+
+FORMAT = "lapeval.grid"
+
+
+class GridError(ValueError):
+    """A bad grid configuration: one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: no intervention (``baseline``) or an operation on one target language's neurons."""
+
+    target: str | None = None
+    mode: str | None = None
+    value: str | None = None
+    layers: str | None = None
+
+    @property
+    def op(self) -> str:
+        """The intervention without its target: ``set=p_max``, ``zero``, ``scale=2@0-5``."""
+        if self.target is None:
+            return "baseline"
+        s = self.mode if self.mode == "zero" else f"{self.mode}={self.value}"
+        return s + (f"@{self.layers}" if self.layers else "")
+
+    @property
+    def id(self) -> str:
+        return "baseline" if self.target is None else f"{self.op}/{self.target}"
+
+    @property
+    def folder(self) -> str:
+        return re.sub(r"[^A-Za-z0-9=@._-]", "_", self.id.replace("/", "__"))
+
+
+@dataclass
+class GridConfig:
+    model: str
+    tasks: list[str]
+    targets: list[str] = field(default_factory=list)
+    neurons: str | None = None
+    interventions: list[dict] = field(default_factory=lambda: [{"mode": "set", "value": "p_max"}])
+    model_args: dict = field(default_factory=dict)
+    limit: float | None = None
+    batch_size: int = 8
+    device: str = "cpu"
+    output: str = "out/grid"
+    include_path: list[str] = field(default_factory=list)
+    num_fewshot: int | None = None
+    bootstrap_iters: int = 1000  # lm-eval's stderr bootstrap (for non-mean metrics)
+    ci_resamples: int = 1000  # paired bootstrap of deltas to the baseline
+    seed: int = 1234
+    multiplex: str = "auto"  # auto (on for GPUs) | on | off
+
+    # ---- building ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> GridConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise GridError(f"unknown grid setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
+        d = {k: v for k, v in d.items() if v is not None}
+        for key in ("tasks", "targets", "include_path"):
+            if isinstance(d.get(key), str):
+                d[key] = [p.strip() for p in d[key].split(",") if p.strip()]
+        if isinstance(d.get("model_args"), str):
+            d["model_args"] = _parse_kv(d["model_args"])
+        if "interventions" in d:
+            d["interventions"] = [_parse_intervention(x) for x in _listify(d["interventions"])]
+        if "model" not in d or not d.get("tasks"):
+            raise GridError("a grid needs model: and tasks: (in the YAML file or as --model / --tasks)")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: dict | None = None) -> GridConfig:
+        d: dict = {}
+        if path is not None:
+            import yaml
+
+            p = Path(path)
+            if not p.is_file():
+                raise GridError(f"grid file {p} does not exist: give a YAML file (see lapeval grid --help)")
+            try:
+                d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                raise GridError(f"{p} is not valid YAML ({str(e).splitlines()[0]})") from None
+            if not isinstance(d, dict):
+                raise GridError(f"{p} must hold a mapping of grid settings (model:, tasks:, ...)")
+        d.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_dict(d)
+
+    def validate(self) -> None:
+        from .languages import normalize
+
+        if self.targets and not self.neurons:
+            raise GridError("targets: given without neurons: (the mask file whose languages are amplified)")
+        self.targets = [normalize(t) for t in self.targets]
+        if self.neurons:
+            from .intervene import Operation
+            from .masks import NeuronMask
+
+            if not Path(self.neurons).is_file():
+                raise GridError(f"mask file {self.neurons} does not exist: run lapeval identify or fix neurons:")
+            mask = NeuronMask.load(self.neurons)
+            missing = [t for t in self.targets if t not in mask.languages]
+            if missing:
+                raise GridError(f"target(s) {', '.join(missing)} not in the mask (it has {', '.join(mask.languages)})")
+            for iv in self.interventions:
+                op = Operation.parse(iv["mode"], iv.get("value"))
+                if isinstance(op.value, str) and op.value.startswith("p_") and not mask.has_values(op.value):
+                    raise GridError(f"value {op.value} is not stored in {self.neurons} for every language: use a "
+                                    "number, tt_max / tt_p10, or a mask identified with statistics")
+        if self.multiplex not in ("auto", "on", "off"):
+            raise GridError(f"multiplex: {self.multiplex!r}: use auto, on or off")
+
+    # ---- cells ---------------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        out = [Cell()]
+        for iv in self.interventions:
+            for t in self.targets:
+                value = None if iv["mode"] == "zero" else str(iv.get("value"))
+                out.append(Cell(t, iv["mode"], value, iv.get("layers")))
+        return out
+
+    def cell_key(self, cell: Cell, mask_sha: str | None) -> str:
+        """What determines a cell's numbers; equal keys = a finished cell can be reused."""
+        k = {"model": self.model, "model_args": self.model_args, "tasks": self.tasks, "limit": self.limit,
+             "num_fewshot": self.num_fewshot, "seed": self.seed, "batch_size": self.batch_size,
+             "bootstrap_iters": self.bootstrap_iters, "cell": asdict(cell),
+             "neurons_sha256": mask_sha if cell.target else None}
+        return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _listify(x) -> list:
+    if isinstance(x, str):
+        return [p for p in re.split(r"[,\s]+", x) if p]
+    return list(x)
+
+
+def _parse_kv(s: str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in s.split(","))):
+        if "=" not in part:
+            raise GridError(f"model_args {part!r}: write key=value pairs, e.g. dtype=float32")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _parse_intervention(x) -> dict:
+    """``{mode: set, value: p_max, layers: 0-5}`` or ``"set:p_max"`` / ``"zero"`` / ``"scale:2@0-5"``."""
+    if isinstance(x, dict):
+        if "mode" not in x:
+            raise GridError(f"intervention {x}: needs mode: (zero, set, scale or add)")
+        return {"mode": str(x["mode"]), "value": None if x.get("value") is None else str(x["value"]),
+                "layers": None if x.get("layers") is None else str(x["layers"])}
+    s = str(x)
+    layers = None
+    if "@" in s:
+        s, layers = s.split("@", 1)
+    mode, _, value = s.partition(":") if ":" in s else s.partition("=")
+    return {"mode": mode.strip(), "value": value.strip() or None, "layers": layers}
+
+
+# ---- running ------------------------------------------------------------------------------------
+def results_path(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.folder / "results.json"
+
+
+def finished(out: Path, cell: Cell, key: str) -> bool:
+    p = results_path(out, cell)
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text(encoding="utf-8")).get("lapeval_grid", {}).get("key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+_TASK_MANAGERS: dict[tuple, object] = {}
+
+
+def task_manager(include: list[str], defaults: bool):
+    """A TaskManager over ``include`` (and lm-eval's ~15k built-in tasks when ``defaults``), built once per
+    process: indexing the built-ins reads every YAML file (about 25 s on two cores)."""
+    from lm_eval.tasks import TaskManager
+
+    key = (tuple(include), defaults)
+    if key not in _TASK_MANAGERS:
+        _TASK_MANAGERS[key] = TaskManager(include_defaults=defaults, include_path=include if len(include) > 1 else include[0])
+    return _TASK_MANAGERS[key]
+
+
+def load_tasks(cfg: GridConfig):
+    """The grid's tasks, loaded once: from lapeval's folder (and include_path) alone when they are all
+    there, else with lm-eval's built-in index too; few-shot and seeds set as ``simple_evaluate`` does."""
+    from .commands.eval import tasks_path
+
+    include = [str(tasks_path()), *cfg.include_path]
+    loaded = None
+    tm = task_manager(include, defaults=False)
+    if all(t in tm.all_tasks for t in cfg.tasks):
+        try:
+            loaded = tm.load(cfg.tasks)
+        except Exception:  # noqa: BLE001 - e.g. a lapeval group over a built-in task: index the built-ins too
+            loaded = None
+    if loaded is None:
+        tm = task_manager(include, defaults=True)
+        unknown = [t for t in cfg.tasks if t not in tm.all_tasks]
+        if unknown:
+            raise GridError(f"unknown task(s) {', '.join(unknown)}: see `lapeval eval ls tasks` (or add include_path:)")
+        loaded = tm.load(cfg.tasks)
+    for task in loaded["tasks"].values():  # as simple_evaluate does
+        if cfg.num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=cfg.num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=cfg.seed)
+    return loaded
+
+
+def _seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_grid(cfg: GridConfig, log=print, lm=None) -> dict:
+    """Evaluate every unfinished cell, then write the summary. Returns {cell id: "ran" | "reused"}."""
+    from tqdm.auto import tqdm
+
+    from ._io import sha256_file, write_json
+    from .report import write_summary
+
+    out = Path(cfg.output)
+    cells = cfg.cells()
+    mask_sha = sha256_file(cfg.neurons) if cfg.neurons else None
+    keys = {c.id: cfg.cell_key(c, mask_sha) for c in cells}
+    write_json(out / "grid.json", {"format": FORMAT, "lapeval_version": __version__, "config": cfg.to_dict(),
+                                   "neurons_sha256": mask_sha,
+                                   "cells": [{"id": c.id, "folder": c.folder, **asdict(c), "key": keys[c.id]} for c in cells]})
+    todo = [c for c in cells if not finished(out, c, keys[c.id])]
+    status = {c.id: "reused" for c in cells if c not in todo}
+    if status:
+        log(f"grid: {len(status)} finished cell(s) reused, {len(todo)} to run")
+    if todo:
+        started = time.time()
+        loaded = load_tasks(cfg)  # first: a bad task name fails before the model loads
+        if lm is None:
+            from .lm import LapeLM
+
+            lm = LapeLM(pretrained=cfg.model, device=cfg.device, batch_size=cfg.batch_size, **cfg.model_args)
+        log(f"grid: model and {len(loaded['tasks'])} task(s) loaded in {time.time() - started:.0f}s")
+        multiplex = cfg.multiplex == "on" or (cfg.multiplex == "auto" and str(lm.device).startswith("cuda"))
+        bar = tqdm(todo, desc="grid cells", unit="cell")
+        for cell in bar:
+            bar.set_postfix_str(cell.id)
+            if multiplex and cell.target is not None:
+                group = [c for c in cells if c.op == cell.op and c.target is not None]
+                _prefill(cfg, lm, loaded, group)
+            _run_cell(cfg, lm, loaded, cell, keys[cell.id], out)
+            status[cell.id] = "ran"
+        lm.clear_intervention()
+        lm.clear_prefill()
+    write_summary(out, log=log)
+    return status
+
+
+def _setting(cfg: GridConfig, cell: Cell) -> dict:
+    return {"neurons": cfg.neurons, "lang": cell.target, "mode": cell.mode, "value": cell.value, "layers": cell.layers}
+
+
+def _prefill(cfg: GridConfig, lm, loaded, group: list[Cell]) -> None:
+    """Score the log-likelihood requests of every cell of ``group`` in shared batches (once per group)."""
+    tag = tuple(c.id for c in group)
+    if getattr(lm, "_grid_prefilled", None) == tag:
+        return
+    requests = []
+    for task in loaded["tasks"].values():
+        if task.OUTPUT_TYPE != "loglikelihood" and task.get_config("output_type") != "multiple_choice":
+            continue
+        task.build_all_requests(limit=cfg.limit, rank=0, world_size=1)
+        requests += [i for i in task.instances if i.request_type == "loglikelihood"]
+    lm.prefill(requests, [_setting(cfg, c) for c in group])
+    lm._grid_prefilled = tag
+
+
+def _run_cell(cfg: GridConfig, lm, loaded, cell: Cell, key: str, out: Path) -> None:
+    from lm_eval.evaluator import evaluate
+    from lm_eval.loggers.utils import add_env_info, add_tokenizer_info
+    from lm_eval.utils import handle_non_serializable
+
+    from ._io import atomic_path
+
+    if cell.target is None:
+        lm.clear_intervention()
+    else:
+        lm.set_intervention(**_setting(cfg, cell))
+    _seed(cfg.seed)
+    t0 = time.time()
+    res = evaluate(lm=lm, task_dict=loaded, limit=cfg.limit, bootstrap_iters=cfg.bootstrap_iters,
+                   log_samples=True, verbosity="WARNING")
+    samples = res.pop("samples", {})
+    res["config"] = {"model": "lape", "model_args": {"pretrained": cfg.model, **cfg.model_args, **(
+        {k: v for k, v in _setting(cfg, cell).items() if v is not None} if cell.target else {})},
+        **lm.get_model_info(), "batch_size": cfg.batch_size, "device": cfg.device, "limit": cfg.limit,
+        "bootstrap_iters": cfg.bootstrap_iters, "random_seed": 0, "numpy_seed": cfg.seed, "torch_seed": cfg.seed,
+        "fewshot_seed": cfg.seed}
+    res["lapeval_grid"] = {"cell": cell.id, "key": key, **asdict(cell), "seconds": round(time.time() - t0, 2)}
+    res["date"] = t0
+    add_env_info(res)
+    add_tokenizer_info(res, lm)
+    folder = out / "cells" / cell.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for task, rows in samples.items():
+        with atomic_path(folder / f"samples_{task}.jsonl") as tmp:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for r in rows:
+                    fh.write(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    with atomic_path(results_path(out, cell)) as tmp:  # last: its presence marks the cell finished
+        Path(tmp).write_text(json.dumps(res, indent=1, default=handle_non_serializable, ensure_ascii=False),
+                             encoding="utf-8")

@@ -1,0 +1,332 @@
+"""The summary of a grid directory: self-language vs cross-language tables, deltas to the baseline with
+paired bootstrap confidence intervals, LSS and perplexity matrices, heatmaps.
+
+Everything is computed from the files a grid wrote (``grid.json``, ``cells/*/results.json`` and
+``samples_*.jsonl``), so a resumed grid and an uninterrupted one give the same summary.
+
+* A task's *family* is its name without the language part (``xcopa_id`` → ``xcopa``, ``flores_mt_en-fr`` →
+  ``flores_mt``), its *language* :func:`lapeval.languages.task_language`; a cell with target t evaluated on
+  a task in language e is *self-language* when t = e (the diagonal) and *cross-language* otherwise.
+* Δ(cell, task, metric) = metric(cell) − metric(baseline). Its 95 % interval is a paired bootstrap: the
+  same documents are resampled (with replacement, R times, fixed seed) for the cell and the baseline, the
+  metric's own aggregation (lm-eval's, e.g. mean, weighted perplexity, chrF) is recomputed on both, and the
+  2.5 / 97.5 percentiles of the R differences are reported.
+* LSS(s, t) (:mod:`lapeval.metrics.lss`) comes from the ``lss_<s>`` samples of the baseline and of the cell
+  amplifying t; rows are sources, columns targets, per target the mean over s ≠ t.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+from ._io import write_json, write_text
+
+SUMMARY_FORMAT = "lapeval.grid_summary"
+SKIP_KEYS = {"alias", "name", "sample_len", "samples"}
+
+
+# ---- reading a grid directory ------------------------------------------------------------------
+def read_grid(out: Path) -> dict:
+    out = Path(out)
+    meta = json.loads((out / "grid.json").read_text(encoding="utf-8"))
+    cells = {}
+    for c in meta["cells"]:
+        p = out / "cells" / c["folder"] / "results.json"
+        if p.is_file():
+            cells[c["id"]] = {"cell": c, "results": json.loads(p.read_text(encoding="utf-8")), "dir": p.parent}
+    return {"meta": meta, "cells": cells}
+
+
+def samples(cell_dir: Path, task: str) -> dict[int, dict]:
+    p = Path(cell_dir) / f"samples_{task}.jsonl"
+    if not p.is_file():
+        return {}
+    out = {}
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.setdefault(r.get("filter", "none"), {})[int(r["doc_id"])] = r
+    return out
+
+
+def metric_entries(task_results: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """{(metric, filter): (value, stderr)} of one task's lm-eval results entry."""
+    out = {}
+    for k, v in task_results.items():
+        if k in SKIP_KEYS or "," not in k or "_stderr," in k or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        metric, filt = k.split(",", 1)
+        se = task_results.get(f"{metric}_stderr,{filt}")
+        out[(metric, filt)] = (float(v), float(se) if isinstance(se, (int, float)) else None)
+    return out
+
+
+def family(task: str) -> tuple[str, str]:
+    """(family, column label) of a task name: ``xcopa_id`` → (xcopa, id), ``flores_mt_en-fr`` → (flores_mt,
+    en-fr); tasks naming no language → (task, '-')."""
+    from .languages import task_language
+
+    if task_language(task) is None or "_" not in task:
+        return task, "-"
+    head, tail = task.rsplit("_", 1)
+    return head, tail
+
+
+# ---- aggregation and the paired bootstrap --------------------------------------------------------
+def _aggregator(task_config: dict, metric: str):
+    """The aggregation lm-eval applied to ``metric`` (a registered name), or None when it cannot be
+    recomputed here (a custom !function without a registered name: then only means of numbers are)."""
+    from lm_eval.api.registry import get_aggregation
+
+    for m in task_config.get("metric_list") or []:
+        if m.get("metric") == metric:
+            agg = m.get("aggregation")
+            if isinstance(agg, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", agg):
+                try:
+                    return get_aggregation(agg)
+                except (KeyError, ValueError):
+                    return None
+            return None
+    return None
+
+
+def _mean(items):
+    return sum(items) / len(items)
+
+
+def paired_bootstrap(base: list, cell: list, agg, resamples: int, seed: int = 1234) -> tuple[float, float]:
+    """95 % interval of agg(cell) − agg(base) over documents resampled jointly."""
+    import numpy as np
+
+    n = len(base)
+    if n < 2 or resamples <= 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    if agg is _mean:
+        b, c = np.asarray(base, dtype=float), np.asarray(cell, dtype=float)
+        d = c[idx].mean(1) - b[idx].mean(1)
+    else:
+        d = np.array([agg([cell[i] for i in row]) - agg([base[i] for i in row]) for row in idx], dtype=float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return math.nan, math.nan
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def _per_doc(records: dict[int, dict], metric: str) -> dict[int, object]:
+    return {i: r[metric] for i, r in records.items() if metric in r}
+
+
+# ---- the summary ---------------------------------------------------------------------------------
+def summarize(out: Path) -> dict:
+    from .languages import task_language
+    from .metrics import lss as lss_metric
+
+    g = read_grid(out)
+    meta, cells = g["meta"], g["cells"]
+    cfg = meta["config"]
+    if "baseline" not in cells:
+        raise ValueError(f"{out}: the baseline cell has not finished: rerun lapeval grid to complete it")
+    resamples = int(cfg.get("ci_resamples", 1000))
+    base = cells["baseline"]
+    order = [c["id"] for c in meta["cells"] if c["id"] in cells]
+    results = {cid: {**cells[cid]["results"].get("results", {}), **cells[cid]["results"].get("groups", {})}
+               for cid in order}
+    groups = {g for g, members in base["results"].get("group_subtasks", {}).items() if members}
+    tasks = [t for t in base["results"].get("results", {}) if t not in groups]  # the scored tasks, not their groups
+    base_samples = {t: samples(base["dir"], t) for t in tasks}
+    rows = []  # long format
+    for cid in order:
+        c = cells[cid]["cell"]
+        for task in tasks:
+            fam, col = family(task)
+            lang = task_language(task)
+            tconf = base["results"].get("configs", {}).get(task, {})
+            cs = samples(cells[cid]["dir"], task) if cid != "baseline" else {}
+            for (metric, filt), (value, se) in metric_entries(results[cid].get(task, {})).items():
+                b = metric_entries(results["baseline"].get(task, {})).get((metric, filt))
+                row = {"cell": cid, "intervention": c["id"].split("/")[0], "target": c.get("target"),
+                       "task": task, "family": fam, "column": col, "language": lang, "metric": metric,
+                       "filter": filt, "value": value, "stderr": se, "baseline": None if b is None else b[0],
+                       "delta": None, "ci_low": None, "ci_high": None,
+                       "self": None if c.get("target") is None or lang is None else c["target"] == lang}
+                if b is not None and cid != "baseline":
+                    row["delta"] = value - b[0]
+                    bd = _per_doc(base_samples[task].get(filt, {}), metric)
+                    cd = _per_doc(cs.get(filt, {}), metric)
+                    ids = sorted(set(bd) & set(cd))
+                    agg = _aggregator(tconf, metric)
+                    numeric = bool(ids) and all(isinstance(bd[i], (int, float)) for i in ids)
+                    if numeric and (agg is None or getattr(agg, "__name__", "") == "mean"):
+                        agg = _mean  # vectorised
+                    if agg is not None and ids:
+                        lo, hi = paired_bootstrap([bd[i] for i in ids], [cd[i] for i in ids], agg, resamples,
+                                                  seed=int(cfg.get("seed", 1234)))
+                        row["ci_low"], row["ci_high"] = lo, hi
+                rows.append(row)
+
+    tables = []
+    interventions = list(dict.fromkeys(c["id"].split("/")[0] for c in meta["cells"] if c.get("target")))
+    targets = list(dict.fromkeys(c["target"] for c in meta["cells"] if c.get("target")))
+    keys = list(dict.fromkeys((r["family"], r["metric"], r["filter"]) for r in rows))
+    for op in interventions:
+        for fam, metric, filt in keys:
+            sel = [r for r in rows if r["intervention"] == op and (r["family"], r["metric"], r["filter"]) == (fam, metric, filt)]
+            if not sel:
+                continue
+            cols = list(dict.fromkeys(r["column"] for r in rows if (r["family"], r["metric"], r["filter"]) == (fam, metric, filt)))
+            col_lang = {r["column"]: r["language"] for r in sel}
+            tgts = [t for t in targets if any(r["target"] == t for r in sel)]
+            get = {(r["target"], r["column"]): r for r in sel}
+            base_row = {r["column"]: r["value"] for r in rows if r["cell"] == "baseline"
+                        and (r["family"], r["metric"], r["filter"]) == (fam, metric, filt)}
+            mat = [[get.get((t, col), {}).get("delta") for col in cols] for t in tgts]
+            diag = [get[(t, col)]["delta"] for t in tgts for col in cols
+                    if (t, col) in get and col_lang.get(col) == t and get[(t, col)]["delta"] is not None]
+            off = [get[(t, col)]["delta"] for t in tgts for col in cols
+                   if (t, col) in get and col_lang.get(col) != t and get[(t, col)]["delta"] is not None]
+            tables.append({
+                "intervention": op, "family": fam, "metric": metric, "filter": filt, "targets": tgts,
+                "columns": cols, "column_languages": [col_lang.get(c) for c in cols],
+                "baseline": [base_row.get(c) for c in cols],
+                "values": [[get.get((t, col), {}).get("value") for col in cols] for t in tgts],
+                "delta": mat,
+                "ci_low": [[get.get((t, col), {}).get("ci_low") for col in cols] for t in tgts],
+                "ci_high": [[get.get((t, col), {}).get("ci_high") for col in cols] for t in tgts],
+                "self_mean_delta": _avg(diag), "cross_mean_delta": _avg(off), "n_self": len(diag), "n_cross": len(off),
+            })
+
+    lss_out = {}
+    lss_tasks = [t for t in tasks if re.fullmatch(r"lss_[a-z]+", t)]
+    if lss_tasks:
+        base_m = _margins(base["dir"], lss_tasks)
+        for op in interventions:
+            runs = {cells[cid]["cell"]["target"]: _margins(cells[cid]["dir"], lss_tasks)
+                    for cid in order if cid.split("/")[0] == op}
+            if runs:
+                matrix = lss_metric.score_logs(base_m, runs)
+                lss_out[op] = {"matrix": matrix, **lss_metric.summarize(matrix)}
+
+    return {"format": SUMMARY_FORMAT, "format_version": 1, "config": cfg, "neurons_sha256": meta.get("neurons_sha256"),
+            "cells": {cid: cells[cid]["cell"] for cid in order},
+            "missing_cells": [c["id"] for c in meta["cells"] if c["id"] not in cells],
+            "results": results, "rows": rows, "tables": tables, "lss": lss_out}
+
+
+def _margins(cell_dir: Path, lss_tasks: list[str]) -> dict:
+    out = {}
+    for t in lss_tasks:
+        for recs in samples(cell_dir, t).values():
+            for i, r in recs.items():
+                if "margin" in r:
+                    out.setdefault(r["doc"]["src_lang"], {})[i] = {"margin": r["margin"], "doc_hash": r.get("doc_hash")}
+    return out
+
+
+def _avg(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+# ---- writing -------------------------------------------------------------------------------------
+def _f(x, nd=4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=._-]+", "_", "_".join(parts)).strip("_")
+
+
+def write_summary(out: Path, log=print) -> dict:
+    """summary.json, summary.csv, summary.md and heatmaps/ in the grid directory."""
+    from .plot import heatmap
+
+    out = Path(out)
+    s = summarize(out)
+    write_json(out / "summary.json", s)
+    buf = io.StringIO()
+    fields = ["cell", "intervention", "target", "task", "family", "column", "language", "metric", "filter",
+              "value", "stderr", "baseline", "delta", "ci_low", "ci_high", "self"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in s["rows"]:
+        w.writerow({k: r[k] for k in fields})
+    write_text(out / "summary.csv", buf.getvalue())
+
+    figs = out / "heatmaps"
+    figs.mkdir(exist_ok=True)
+    images = []
+    for t in s["tables"]:
+        if not t["targets"] or not t["columns"]:
+            continue
+        vals = [[math.nan if v is None else v for v in row] for row in t["delta"]]
+        name = figs / f"{_slug(t['intervention'], t['family'], t['metric'], t['filter'])}.png"
+        heatmap(vals, t["targets"], t["columns"], name,
+                f"Δ {t['metric']} vs baseline: {t['family']}, {t['intervention']}", fmt="{:+.2f}",
+                xlabel="evaluated", ylabel="target (amplified/deactivated)", center=0.0)
+        images.append(name)
+    for op, l in s["lss"].items():
+        src = list(l["matrix"])
+        tg = list(dict.fromkeys(t for row in l["matrix"].values() for t in row))
+        vals = [[l["matrix"][a].get(t, math.nan) for a in src] for t in tg]
+        name = figs / f"{_slug('lss', op)}.png"
+        heatmap(vals, tg, src, name, f"LSS(source, target), {op}; mean {_f(l['mean_off_diagonal'], 3)}",
+                xlabel="source (prompt) language", ylabel="target (amplified)")
+        images.append(name)
+    write_text(out / "summary.md", _markdown(s, [p.relative_to(out) for p in images]))
+    log(f"grid summary: {out / 'summary.md'} ({len(s['cells'])} cells, {len(images)} heatmaps)")
+    return s
+
+
+def _markdown(s: dict, images: list[Path]) -> str:
+    cfg = s["config"]
+    L = [f"# Grid: {cfg['model']}", "",
+         f"mask `{cfg.get('neurons')}` (sha256 {str(s.get('neurons_sha256'))[:12]}…), limit {cfg.get('limit')}, "
+         f"{len(s['cells'])} cells, tasks: {', '.join(cfg['tasks'])}", ""]
+    if s["missing_cells"]:
+        L += [f"**Unfinished cells:** {', '.join(s['missing_cells'])}", ""]
+    L += ["## Baseline", "", "| task | metric | value | stderr |", "|---|---|---:|---:|"]
+    for r in s["rows"]:
+        if r["cell"] == "baseline":
+            L.append(f"| {r['task']} | {r['metric']},{r['filter']} | {_f(r['value'])} | {_f(r['stderr'])} |")
+    L.append("")
+    for op, l in s["lss"].items():
+        src = list(l["matrix"])
+        tg = list(dict.fromkeys(t for row in l["matrix"].values() for t in row))
+        L += [f"## LSS, {op}", "", "rows: target (amplified); columns: source (prompt) language; last column: mean over s ≠ t", "",
+              "| target | " + " | ".join(src) + " | mean |", "|---|" + "---:|" * (len(src) + 1)]
+        for t in tg:
+            L.append(f"| {t} | " + " | ".join(_f(l["matrix"][a].get(t), 3) if a != t else "·" for a in src)
+                     + f" | {_f(l['per_target'].get(t), 3)} |")
+        L += ["", f"mean LSS over all s ≠ t: **{_f(l['mean_off_diagonal'], 3)}**", ""]
+    for t in s["tables"]:
+        L += [f"## {t['family']} · {t['metric']} ({t['filter']}) · {t['intervention']}", "",
+              f"self-language (diagonal) mean Δ: **{_f(t['self_mean_delta'])}** over {t['n_self']} cells; "
+              f"cross-language mean Δ: **{_f(t['cross_mean_delta'])}** over {t['n_cross']} cells", "",
+              "| target | " + " | ".join(t["columns"]) + " |", "|---|" + "---:|" * len(t["columns"]),
+              "| *baseline* | " + " | ".join(_f(v) for v in t["baseline"]) + " |"]
+        for i, tg in enumerate(t["targets"]):
+            cells = []
+            for j, col in enumerate(t["columns"]):
+                d, lo, hi = t["delta"][i][j], t["ci_low"][i][j], t["ci_high"][i][j]
+                txt = "–" if d is None else f"{d:+.4f} [{_f(lo, 3)}, {_f(hi, 3)}]"
+                cells.append(f"**{txt}**" if t["column_languages"][j] == tg and d is not None else txt)
+            L.append(f"| {tg} | " + " | ".join(cells) + " |")
+        L += ["", "Δ = cell − baseline [paired-bootstrap 95 % interval]; bold = self-language.", ""]
+        if "perplexity" in t["metric"]:
+            L += [f"{t['metric']} itself:", "", "| target | " + " | ".join(t["columns"]) + " |",
+                  "|---|" + "---:|" * len(t["columns"]), "| *baseline* | " + " | ".join(_f(v, 2) for v in t["baseline"]) + " |"]
+            L += [f"| {tg} | " + " | ".join(_f(v, 2) for v in t["values"][i]) + " |" for i, tg in enumerate(t["targets"])]
+            L.append("")
+    if images:
+        L += ["## Heatmaps", ""] + [f"![{p.stem}]({p.as_posix()})" for p in images] + [""]
+    return "\n".join(L)
+
