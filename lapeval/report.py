@@ -79,19 +79,31 @@ def family(task: str) -> tuple[str, str]:
 
 # ---- aggregation and the paired bootstrap --------------------------------------------------------
 def _aggregator(task_config: dict, metric: str):
-    """The aggregation lm-eval applied to ``metric`` (a registered name), or None when it cannot be
-    recomputed here (a custom !function without a registered name: then only means of numbers are)."""
+    """The aggregation lm-eval applied to ``metric``, to recompute it on resampled documents: a registered
+    name (``mean``, ``weighted_perplexity``, ...) or a ``!function`` of lapeval's own metric modules, which
+    the results JSON records as source code (found by name and checked to be the same source). None when
+    it cannot be recomputed here."""
+    import importlib
+    import inspect
+
     from lm_eval.api.registry import get_aggregation
 
     for m in task_config.get("metric_list") or []:
-        if m.get("metric") == metric:
-            agg = m.get("aggregation")
-            if isinstance(agg, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", agg):
-                try:
-                    return get_aggregation(agg)
-                except (KeyError, ValueError):
-                    return None
-            return None
+        if m.get("metric") != metric:
+            continue
+        agg = m.get("aggregation")
+        if isinstance(agg, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", agg):
+            try:
+                return get_aggregation(agg)
+            except (KeyError, ValueError):
+                return None
+        found = re.match(r"\s*def\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(", agg) if isinstance(agg, str) else None
+        if found:
+            for mod in ("translation", "lss", "perplexity", "lid"):
+                fn = getattr(importlib.import_module(f"lapeval.metrics.{mod}"), found.group(1), None)
+                if callable(fn) and inspect.getsource(fn).strip() == agg.strip():
+                    return fn
+        return None
     return None
 
 
@@ -112,7 +124,13 @@ def paired_bootstrap(base: list, cell: list, agg, resamples: int, seed: int = 12
         b, c = np.asarray(base, dtype=float), np.asarray(cell, dtype=float)
         d = c[idx].mean(1) - b[idx].mean(1)
     else:
-        d = np.array([agg([cell[i] for i in row]) - agg([base[i] for i in row]) for row in idx], dtype=float)
+        def safe(items):  # e.g. word perplexity of unsegmented text overflows exp() on some resamples
+            try:
+                return float(agg(items))
+            except (OverflowError, ZeroDivisionError, ValueError):
+                return math.nan
+
+        d = np.array([safe([cell[i] for i in row]) - safe([base[i] for i in row]) for row in idx], dtype=float)
     d = d[np.isfinite(d)]
     if not len(d):
         return math.nan, math.nan
