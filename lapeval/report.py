@@ -253,10 +253,12 @@ def _avg(xs):
 
 
 # ---- writing -------------------------------------------------------------------------------------
-def _f(x, nd=4) -> str:
+def _f(x, nd=4, sign: bool = False) -> str:
+    """A table number: fixed point, or scientific beyond 1e6 (word perplexity of unsegmented scripts)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    return f"{x:.{nd}f}"
+    plus = "+" if sign else ""
+    return f"{x:{plus}.3e}" if abs(x) >= 1e6 else f"{x:{plus}.{nd}f}"
 
 
 def _slug(*parts: str) -> str:
@@ -288,7 +290,7 @@ def write_summary(out: Path, log=print) -> dict:
         vals = [[math.nan if v is None else v for v in row] for row in t["delta"]]
         name = figs / f"{_slug(t['intervention'], t['family'], t['metric'], t['filter'])}.png"
         heatmap(vals, t["targets"], t["columns"], name,
-                f"Δ {t['metric']} vs baseline: {t['family']}, {t['intervention']}", fmt="{:+.2f}",
+                f"Δ {t['metric']} vs baseline: {t['family']}, {t['intervention']}", fmt="{:+.3g}",
                 xlabel="evaluated", ylabel="target (amplified/deactivated)", center=0.0)
         images.append(name)
     for op, l in s["lss"].items():
@@ -335,7 +337,7 @@ def _markdown(s: dict, images: list[Path]) -> str:
             cells = []
             for j, col in enumerate(t["columns"]):
                 d, lo, hi = t["delta"][i][j], t["ci_low"][i][j], t["ci_high"][i][j]
-                txt = "–" if d is None else f"{d:+.4f} [{_f(lo, 3)}, {_f(hi, 3)}]"
+                txt = "–" if d is None else f"{_f(d, 4, sign=True)} [{_f(lo, 3)}, {_f(hi, 3)}]"
                 cells.append(f"**{txt}**" if t["column_languages"][j] == tg and d is not None else txt)
             L.append(f"| {tg} | " + " | ".join(cells) + " |")
         L += ["", "Δ = cell − baseline [paired-bootstrap 95 % interval]; bold = self-language.", ""]

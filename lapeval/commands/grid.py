@@ -8,7 +8,7 @@ Example CONFIG.yaml::
     neurons: neuron_masks/gemma-3-270m.safetensors
     targets: [en, fr, zh, ja]
     interventions: [set:p_max]          # or {mode: set, value: p_max, layers: 10-17}; zero; scale:2 ...
-    tasks: [lss_en, lss_fr, lss_zh, lss_ja, xcopa_zh, flores_ppl_en, flores_ppl_fr]
+    tasks: [lss_en, lss_fr, lss_zh, lss_ja, lapeval_xcopa_zh, flores_ppl_en, flores_ppl_fr]
     limit: 20
     batch_size: 8
     device: cpu
