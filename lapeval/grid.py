@@ -293,15 +293,21 @@ def run_grid(cfg: GridConfig, log=print, lm=None) -> dict:
         log(f"grid: model and {len(loaded['tasks'])} task(s) loaded in {time.time() - started:.0f}s")
         multiplex = cfg.multiplex == "on" or (cfg.multiplex == "auto" and str(lm.device).startswith("cuda"))
         bar = tqdm(todo, desc="grid cells", unit="cell")
-        for cell in bar:
-            bar.set_postfix_str(cell.id)
-            if multiplex and cell.target is not None:
-                group = [c for c in cells if c.op == cell.op and c.target is not None]
-                _prefill(cfg, lm, loaded, group)
-            _run_cell(cfg, lm, loaded, cell, keys[cell.id], out)
-            status[cell.id] = "ran"
-        lm.clear_intervention()
-        lm.clear_prefill()
+        prefilled = None  # the intervention whose cells' answers the model holds
+        try:
+            for cell in bar:
+                bar.set_postfix_str(cell.id)
+                if multiplex and cell.target is not None and cell.op != prefilled:
+                    # every cell of the intervention, finished ones too: the same batches as an uninterrupted run
+                    lm.clear_prefill()
+                    lm.prefill(_loglikelihood_requests(cfg, loaded),
+                               [_setting(cfg, c) for c in cells if c.op == cell.op and c.target is not None])
+                    prefilled = cell.op
+                _run_cell(cfg, lm, loaded, cell, keys[cell.id], out)
+                status[cell.id] = "ran"
+        finally:
+            lm.clear_intervention()
+            lm.clear_prefill()
     write_summary(out, log=log)
     return status
 
@@ -310,19 +316,14 @@ def _setting(cfg: GridConfig, cell: Cell) -> dict:
     return {"neurons": cfg.neurons, "lang": cell.target, "mode": cell.mode, "value": cell.value, "layers": cell.layers}
 
 
-def _prefill(cfg: GridConfig, lm, loaded, group: list[Cell]) -> None:
-    """Score the log-likelihood requests of every cell of ``group`` in shared batches (once per group)."""
-    tag = tuple(c.id for c in group)
-    if getattr(lm, "_grid_prefilled", None) == tag:
-        return
+def _loglikelihood_requests(cfg: GridConfig, loaded) -> list:
+    """The log-likelihood requests of every task (built as ``evaluate`` will build them again per cell)."""
     requests = []
     for task in loaded["tasks"].values():
-        if task.OUTPUT_TYPE != "loglikelihood" and task.get_config("output_type") != "multiple_choice":
-            continue
-        task.build_all_requests(limit=cfg.limit, rank=0, world_size=1)
-        requests += [i for i in task.instances if i.request_type == "loglikelihood"]
-    lm.prefill(requests, [_setting(cfg, c) for c in group])
-    lm._grid_prefilled = tag
+        if task.get_config("output_type") in ("loglikelihood", "multiple_choice"):
+            task.build_all_requests(limit=cfg.limit, rank=0, world_size=1)
+            requests += [i for i in task.instances if i.request_type == "loglikelihood"]
+    return requests
 
 
 def _run_cell(cfg: GridConfig, lm, loaded, cell: Cell, key: str, out: Path) -> None:

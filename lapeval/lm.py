@@ -212,30 +212,28 @@ class LapeLM(HFLM):
         for langs, idx in self._groups(requests):
             iv = None if langs is None else self._lape.intervention(langs)
             salt = json.dumps(self._cache_identity(langs), sort_keys=True)
-            todo = idx
-            if self._lape_memo:  # answers scored ahead by prefill (cells as batch rows)
-                todo = []
-                for i in idx:
-                    key = self._cache_key(attr, requests[i], salt)
-                    if key is not None and key in self._lape_memo:
-                        out[i] = self._lape_memo[key]
-                    else:
-                        todo.append(i)
+            keys = {i: self._cache_key(attr, requests[i].args, salt) for i in idx} if self._lape_memo or use_db else {}
+            stores = []  # where an answer may already be: prefilled (cells as batch rows), then the cache db
+            if self._lape_memo:
+                stores.append((self._lape_memo.__contains__, self._lape_memo.__getitem__))
             if use_db:
-                idx, todo = todo, []
-                for i in idx:
-                    key = self._cache_key(attr, requests[i], salt)
-                    if key is not None and _db_has(db, key):
-                        out[i] = _db_get(db, key)
+                stores.append((lambda k: _db_has(db, k), lambda k: _db_get(db, k)))
+            todo = idx
+            for has, get in stores:
+                rest = []
+                for i in todo:
+                    if keys[i] is not None and has(keys[i]):
+                        out[i] = get(keys[i])
                     else:
-                        todo.append(i)
+                        rest.append(i)
+                todo = rest
             if todo:
                 with self._active(iv):
                     res = call([requests[i] for i in todo])
                 for i, r in zip(todo, res, strict=True):
                     out[i] = r
-                    if use_db and (key := self._cache_key(attr, requests[i], salt)) is not None:
-                        _db_set(db, key, r)
+                    if use_db and keys[i] is not None:
+                        _db_set(db, keys[i], r)
         if use_db:
             db.commit()
         return out
@@ -261,10 +259,11 @@ class LapeLM(HFLM):
         return {**model, "intervention": None if langs is None else setting.key(langs)}
 
     @staticmethod
-    def _cache_key(attr: str, req, salt: str) -> str | None:
-        if attr == "generate_until" and req.args[1].get("do_sample", False):
+    def _cache_key(attr: str, args: tuple, salt: str) -> str | None:
+        """The key of a request's answer (its ``Instance.args``) under the setting that ``salt`` describes."""
+        if attr == "generate_until" and args[1].get("do_sample", False):
             return None  # sampled generations are never cached (as CachingLM)
-        return "lape:" + hash_args(attr, [*req.args, salt])
+        return "lape:" + hash_args(attr, [*args, salt])
 
     # ---- cells as batch rows -------------------------------------------------------------------------
     def prefill(self, requests, settings: list[dict]) -> int:
@@ -291,9 +290,8 @@ class LapeLM(HFLM):
             TemplateLM.loglikelihood(self, requests, disable_tqdm=True)
         finally:
             del self._loglikelihood_tokens  # back to the class method
-        rows = [((k, *strs), ctx, cont) for k in range(len(built)) for strs, ctx, cont in dict.fromkeys(
-            (tuple(e[0]), tuple(e[1]), tuple(e[2])) for e in encoded)]
-        rows = [(key, list(ctx), list(cont)) for key, ctx, cont in rows]
+        unique = dict.fromkeys((tuple(strs), tuple(ctx), tuple(cont)) for strs, ctx, cont in encoded)
+        rows = [((k, *strs), list(ctx), list(cont)) for k in range(len(built)) for strs, ctx, cont in unique]
         ivs = [b.intervention(b.lang) for b in built]
         hook, cache, self.cache_hook = self.cache_hook, self.logits_cache, CacheHook(None)
         self.logits_cache = False
@@ -305,9 +303,8 @@ class LapeLM(HFLM):
         finally:
             self.cache_hook, self.logits_cache = hook, cache
         salts = [json.dumps(self._cache_identity(b.lang, b), sort_keys=True) for b in built]
-        for (key, _, _), r in zip(rows, res, strict=True):
-            k, ctx, cont = key
-            self._lape_memo["lape:" + hash_args("loglikelihood", [ctx, cont, salts[k]])] = r
+        for ((k, *args), _, _), r in zip(rows, res, strict=True):
+            self._lape_memo[self._cache_key("loglikelihood", tuple(args), salts[k])] = r
         return len(rows)
 
     def clear_prefill(self) -> None:

@@ -159,6 +159,8 @@ def summarize(out: Path) -> dict:
     groups = {g for g, members in base["results"].get("group_subtasks", {}).items() if members}
     tasks = [t for t in base["results"].get("results", {}) if t not in groups]  # the scored tasks, not their groups
     base_samples = {t: samples(base["dir"], t) for t in tasks}
+    base_entries = {t: metric_entries(results["baseline"].get(t, {})) for t in tasks}
+    aggregators: dict[tuple[str, str], object] = {}
     rows = []  # long format
     for cid in order:
         c = cells[cid]["cell"]
@@ -168,7 +170,7 @@ def summarize(out: Path) -> dict:
             tconf = base["results"].get("configs", {}).get(task, {})
             cs = samples(cells[cid]["dir"], task) if cid != "baseline" else {}
             for (metric, filt), (value, se) in metric_entries(results[cid].get(task, {})).items():
-                b = metric_entries(results["baseline"].get(task, {})).get((metric, filt))
+                b = base_entries[task].get((metric, filt))
                 row = {"cell": cid, "intervention": c["id"].split("/")[0], "target": c.get("target"),
                        "task": task, "family": fam, "column": col, "language": lang, "metric": metric,
                        "filter": filt, "value": value, "stderr": se, "baseline": None if b is None else b[0],
@@ -179,7 +181,9 @@ def summarize(out: Path) -> dict:
                     bd = _per_doc(base_samples[task].get(filt, {}), metric)
                     cd = _per_doc(cs.get(filt, {}), metric)
                     ids = sorted(set(bd) & set(cd))
-                    agg = _aggregator(tconf, metric)
+                    if (task, metric) not in aggregators:
+                        aggregators[(task, metric)] = _aggregator(tconf, metric)
+                    agg = aggregators[(task, metric)]
                     numeric = bool(ids) and all(isinstance(bd[i], (int, float)) for i in ids)
                     if numeric and (agg is None or getattr(agg, "__name__", "") == "mean"):
                         agg = _mean  # vectorised
@@ -221,30 +225,25 @@ def summarize(out: Path) -> dict:
             })
 
     lss_out = {}
-    lss_tasks = [t for t in tasks if re.fullmatch(r"lss_[a-z]+", t)]
-    if lss_tasks:
-        base_m = _margins(base["dir"], lss_tasks)
+    sources = [t[len("lss_"):] for t in tasks if re.fullmatch(r"lss_[a-z]+", t)]
+
+    def margins(cell_dir):  # {source: {doc_id: ...}} in the grid's task order
+        m = lss_metric.read_samples(cell_dir)
+        return {src: m[src] for src in sources if src in m}
+
+    if sources:
+        base_m = margins(base["dir"])
         for op in interventions:
-            runs = {cells[cid]["cell"]["target"]: _margins(cells[cid]["dir"], lss_tasks)
-                    for cid in order if cid.split("/")[0] == op}
+            runs = {cells[cid]["cell"]["target"]: margins(cells[cid]["dir"]) for cid in order if cid.split("/")[0] == op}
             if runs:
                 matrix = lss_metric.score_logs(base_m, runs)
-                lss_out[op] = {"matrix": matrix, **lss_metric.summarize(matrix)}
+                lss_out[op] = {"matrix": matrix, **lss_metric.summarize(matrix), "sources": list(matrix),
+                               "targets": list(dict.fromkeys(t for row in matrix.values() for t in row))}
 
     return {"format": SUMMARY_FORMAT, "format_version": 1, "config": cfg, "neurons_sha256": meta.get("neurons_sha256"),
             "cells": {cid: cells[cid]["cell"] for cid in order},
             "missing_cells": [c["id"] for c in meta["cells"] if c["id"] not in cells],
             "results": results, "rows": rows, "tables": tables, "lss": lss_out}
-
-
-def _margins(cell_dir: Path, lss_tasks: list[str]) -> dict:
-    out = {}
-    for t in lss_tasks:
-        for recs in samples(cell_dir, t).values():
-            for i, r in recs.items():
-                if "margin" in r:
-                    out.setdefault(r["doc"]["src_lang"], {})[i] = {"margin": r["margin"], "doc_hash": r.get("doc_hash")}
-    return out
 
 
 def _avg(xs):
@@ -294,8 +293,7 @@ def write_summary(out: Path, log=print) -> dict:
                 xlabel="evaluated", ylabel="target (amplified/deactivated)", center=0.0)
         images.append(name)
     for op, l in s["lss"].items():
-        src = list(l["matrix"])
-        tg = list(dict.fromkeys(t for row in l["matrix"].values() for t in row))
+        src, tg = l["sources"], l["targets"]
         vals = [[l["matrix"][a].get(t, math.nan) for a in src] for t in tg]
         name = figs / f"{_slug('lss', op)}.png"
         heatmap(vals, tg, src, name, f"LSS(source, target), {op}; mean {_f(l['mean_off_diagonal'], 3)}",
@@ -319,8 +317,7 @@ def _markdown(s: dict, images: list[Path]) -> str:
             L.append(f"| {r['task']} | {r['metric']},{r['filter']} | {_f(r['value'])} | {_f(r['stderr'])} |")
     L.append("")
     for op, l in s["lss"].items():
-        src = list(l["matrix"])
-        tg = list(dict.fromkeys(t for row in l["matrix"].values() for t in row))
+        src, tg = l["sources"], l["targets"]
         L += [f"## LSS, {op}", "", "rows: target (amplified); columns: source (prompt) language; last column: mean over s ≠ t", "",
               "| target | " + " | ".join(src) + " | mean |", "|---|" + "---:|" * (len(src) + 1)]
         for t in tg:

@@ -133,3 +133,19 @@ def real_model(real_model_dir):
     model = AutoModelForCausalLM.from_pretrained(real_model_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(real_model_dir)
     return model, tok
+
+
+def random_mask(path: Path, seed: int = 1, per_lang: int = 12, p_max_low: float = 1.0, p_max_span: float = 4.0,
+                values=("p_max", "p_median"), langs=("en", "fr", "ja")) -> Path:
+    """A saved mask for the tiny models (2 layers × 48 neurons): ``per_lang`` random neurons per language,
+    p_max uniform in [p_max_low, p_max_low + p_max_span), p_median uniform in [0, 1)."""
+    from lapeval.masks import NeuronMask
+
+    n = len(langs)
+    g = torch.Generator().manual_seed(seed)
+    assigned = torch.zeros(n, 2, 48, dtype=torch.bool)
+    for i in range(n):
+        assigned[i].view(-1)[torch.randperm(96, generator=g)[:per_lang]] = True
+    vals = {"p_max": torch.rand(n, 2, 48, generator=g) * p_max_span + p_max_low,
+            "p_median": torch.rand(n, 2, 48, generator=g)}
+    return NeuronMask.from_assignment(assigned, list(langs), {k: vals[k] for k in values}).save(path)

@@ -10,13 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from lapeval.grid import GridConfig, GridError, run_grid
 from lapeval.report import paired_bootstrap
 from lapeval.taskdata import FACTS_DIR
 
-from conftest import require_shared
+from conftest import random_mask, require_shared
 
 LANGS = ["en", "fr", "ja"]
 
@@ -29,14 +28,7 @@ def data_env(monkeypatch):
 
 
 def _mask(tmp_path) -> Path:
-    from lapeval.masks import NeuronMask
-
-    assigned = torch.zeros(3, 2, 48, dtype=torch.bool)
-    g = torch.Generator().manual_seed(3)
-    for i in range(3):
-        assigned[i].view(-1)[torch.randperm(96, generator=g)[:16]] = True
-    vals = {"p_max": torch.rand(3, 2, 48, generator=g) * 6 + 2, "p_median": torch.rand(3, 2, 48, generator=g)}
-    return NeuronMask.from_assignment(assigned, LANGS, vals).save(tmp_path / "tiny.safetensors")
+    return random_mask(tmp_path / "tiny.safetensors", seed=3, per_lang=16, p_max_low=2.0, p_max_span=6.0)
 
 
 TASKS = ["lss_en", "lss_fr", "lss_ja", "flores_ppl_en", "flores_ppl_fr"]  # (the tiny model holds 256 positions)

@@ -15,6 +15,7 @@ import torch
 
 from lapeval.metrics import lss
 from lapeval.taskdata import FACTS_DIR
+from conftest import random_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,15 +127,7 @@ def test_facts_load_through_the_task_loader(monkeypatch):
 
 # --------------------------------------------------------- end to end: logs vs in-process vs direct
 def _tiny_mask(tmp_path, model_dir):
-    from lapeval.masks import NeuronMask
-
-    langs = ["en", "fr", "ja"]
-    assigned = torch.zeros(3, 2, 48, dtype=torch.bool)
-    g = torch.Generator().manual_seed(1)
-    for i in range(3):
-        assigned[i].view(-1)[torch.randperm(96, generator=g)[:12]] = True
-    vals = {"p_max": torch.rand(3, 2, 48, generator=g) * 4 + 1, "p_median": torch.rand(3, 2, 48, generator=g)}
-    return NeuronMask.from_assignment(assigned, langs, vals).save(tmp_path / "tiny.safetensors")
+    return random_mask(tmp_path / "tiny.safetensors")
 
 
 def _direct_loglikelihood(model, tok, context: str, continuation: str) -> float:

@@ -8,24 +8,16 @@ import math
 import os
 
 import pytest
-import torch
 
 from lapeval import factor
 from lapeval.taskdata import FACTS_DIR
+from conftest import random_mask
 
 DEFAULT = ["set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero", "scale:2", "scale:5", "scale:10"]
 
 
 def _mask(path, values=("p_max", "p_median")):
-    from lapeval.masks import NeuronMask
-
-    langs = ["en", "fr", "ja"]
-    g = torch.Generator().manual_seed(1)
-    assigned = torch.zeros(3, 2, 48, dtype=torch.bool)
-    for i in range(3):
-        assigned[i].view(-1)[torch.randperm(96, generator=g)[:12]] = True
-    vals = {"p_max": torch.rand(3, 2, 48, generator=g) * 4 + 1, "p_median": torch.rand(3, 2, 48, generator=g)}
-    return NeuronMask.from_assignment(assigned, langs, {k: vals[k] for k in values}).save(path)
+    return random_mask(path, values=values)
 
 
 @pytest.fixture(scope="module")

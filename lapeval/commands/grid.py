@@ -17,6 +17,7 @@ Example CONFIG.yaml::
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 FLAGS = {
@@ -35,7 +36,7 @@ FLAGS = {
 
 def register(sub) -> None:
     p = sub.add_parser("grid", help="baseline + (intervention × target) cells on every task, one model load",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="grid YAML file (optional when the flags say everything)")
     for name, text in FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, help=text)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -32,24 +34,50 @@ def register(sub) -> None:
     sc.set_defaults(handler=_score)
 
     mx = ls.add_parser("matrix", help="the whole LSS matrix in one process with the lape model")
-    mx.add_argument("--model", required=True, help="a known model name (gemma-3-270m), a local folder or a hub id")
-    mx.add_argument("--neurons", required=True, help="the neuron mask (.safetensors)")
-    mx.add_argument("--languages", required=True, help="source languages, comma-separated (lss_<s> tasks)")
-    mx.add_argument("--targets", help="amplified target languages (default: --languages)")
+    add_run_args(mx)
     mx.add_argument("--mode", default="set", help="intervention mode (default set)")
     mx.add_argument("--value", default="p_max", help="intervention value (default p_max)")
-    mx.add_argument("--layers", help="layers to intervene in (default all)")
-    mx.add_argument("--facts", help="'builtin' (lapeval's own facts) or a folder in the MLAMA-dod-185 layout; "
-                                    "default $LAPEVAL_MLAMA_DIR, else the hub dataset")
-    mx.add_argument("--limit", type=int, help="first N facts per source language")
-    mx.add_argument("--batch-size", type=int, default=8)
-    mx.add_argument("--dtype", default="float32")
-    mx.add_argument("--device", default="cpu")
     mx.add_argument("--out", help="write the matrix, its means and the settings as JSON here")
     mx.set_defaults(handler=_matrix)
 
     fd = ls.add_parser("facts-dir", help="print the folder of lapeval's parallel facts (for LAPEVAL_MLAMA_DIR)")
     fd.set_defaults(handler=_facts_dir)
+
+
+def add_run_args(p) -> None:
+    """The options of an in-process LSS run (``lss matrix``, ``search-factor``): model, mask, languages,
+    facts, sizes."""
+    p.add_argument("--model", required=True, help="a known model name (gemma-3-270m), a local folder or a hub id")
+    p.add_argument("--neurons", required=True, help="the neuron mask (.safetensors)")
+    p.add_argument("--languages", required=True, help="source languages, comma-separated (lss_<s> tasks)")
+    p.add_argument("--targets", help="amplified target languages (default: --languages)")
+    p.add_argument("--layers", help="layers to intervene in (default all), e.g. 0-5 or 0+3+17")
+    p.add_argument("--facts", help="'builtin' (lapeval's own facts) or a folder in the MLAMA-dod-185 layout; "
+                                   "default $LAPEVAL_MLAMA_DIR, else the hub dataset")
+    p.add_argument("--limit", type=int, help="first N facts per source language")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+
+
+@contextmanager
+def facts_env(spec: str | None):
+    """While active, ``LAPEVAL_MLAMA_DIR`` points at ``--facts`` (``builtin``: lapeval's own facts; else a
+    folder); without ``--facts`` the environment stays as it is. Yields where the facts come from."""
+    from ..taskdata import ENV, FACTS_DIR
+
+    var = ENV["mlama"]
+    old = os.environ.get(var)
+    if spec:
+        os.environ[var] = str(FACTS_DIR if spec == "builtin" else Path(spec).expanduser())
+    try:
+        yield os.environ.get(var) or "hub:inayarhmns/MLAMA-dod-185"
+    finally:
+        if spec:
+            if old is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = old
 
 
 def _facts_dir(args) -> int:
@@ -92,18 +120,15 @@ def _score(args) -> int:
 def _matrix(args) -> int:
     from .. import __version__, languages
     from .._io import sha256_file
-    from ..taskdata import ENV, FACTS_DIR
 
     sources = languages.parse_list(args.languages)
     targets = languages.parse_list(args.targets) if args.targets else sources
-    if args.facts:
-        os.environ[ENV["mlama"]] = str(FACTS_DIR if args.facts == "builtin" else args.facts)
-    facts = os.environ.get(ENV["mlama"]) or "hub:inayarhmns/MLAMA-dod-185"
     started = time.time()
-    lm = load_lape(args.model, args.batch_size, args.dtype, args.device)
-    tasks = load_lss_tasks(sources)
-    result = compute_matrix(lm, tasks, targets, neurons=args.neurons, mode=args.mode, value=args.value,
-                            layers=args.layers, limit=args.limit, log=lambda m: print(m, file=sys.stderr))
+    with facts_env(args.facts) as facts:
+        lm = load_lape(args.model, args.batch_size, args.dtype, args.device)
+        tasks = load_lss_tasks(sources)
+        result = compute_matrix(lm, tasks, targets, neurons=args.neurons, mode=args.mode, value=args.value,
+                                layers=args.layers, limit=args.limit, log=lambda m: print(m, file=sys.stderr))
     result.update(source="in-process (lape model)", model=args.model, neurons=args.neurons,
                   neurons_sha256=sha256_file(args.neurons), mode=args.mode,
                   value=args.value, layers=args.layers or "all", facts=facts, limit=args.limit,

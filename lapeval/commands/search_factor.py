@@ -14,10 +14,11 @@ Ties go to the earlier candidate in the list. See :mod:`lapeval.factor`.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
+
+from .lss import add_run_args
 
 
 def register(sub) -> None:
@@ -28,10 +29,7 @@ def register(sub) -> None:
                     "one baseline; pick the best per target (highest mean LSS over sources s ≠ t) and overall. "
                     "Ties go to the earlier candidate. Writes <mask stem>.factor.json/.md/.png beside the mask.",
     )
-    p.add_argument("--model", required=True, help="a known model name (gemma-3-270m), a local folder or a hub id")
-    p.add_argument("--neurons", required=True, help="the neuron mask (.safetensors)")
-    p.add_argument("--languages", required=True, help="source languages, comma-separated (lss_<s> tasks)")
-    p.add_argument("--targets", help="amplified target languages (default: --languages)")
+    add_run_args(p)
     p.add_argument("--candidates",
                    help="comma list of mode:value (or zero) replacing the default list "
                         "set:p_max,set:p_median,set:tt_max,add:tt_max,set:tt_p10,zero (modes zero|set|scale|add; "
@@ -39,13 +37,6 @@ def register(sub) -> None:
     p.add_argument("--scales",
                    help="scale factors appended as scale:c (multiply the target's neurons' activations); "
                         "default 2,5,10 with the default list, none with --candidates; '' for none")
-    p.add_argument("--facts", help="'builtin' (lapeval's own facts) or a folder in the MLAMA-dod-185 layout; "
-                                   "default $LAPEVAL_MLAMA_DIR, else the hub dataset")
-    p.add_argument("--limit", type=int, help="first N facts per source language")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--layers", help="layers to intervene in (default all), e.g. 0-5 or 0+3+17")
     p.add_argument("--out", help="the JSON path (default <mask stem>.factor.json beside the mask); "
                                  "the .md and .png go beside it")
     p.set_defaults(handler=_search)
@@ -72,7 +63,6 @@ def _search(args) -> int:
     from ..cli import UsageError
     from ..intervene import parse_layers
     from ..masks import NeuronMask
-    from ..taskdata import ENV, FACTS_DIR
 
     # ---- everything that can be checked without the model or the data
     sources = languages.parse_list(args.languages)
@@ -94,14 +84,10 @@ def _search(args) -> int:
     js, md, png = _paths(args.neurons, args.out)
 
     # ---- the facts (before the model: a target without objects is refused cheaply)
-    old_env = os.environ.get(ENV["mlama"])
-    if args.facts:
-        os.environ[ENV["mlama"]] = str(FACTS_DIR if args.facts == "builtin" else Path(args.facts).expanduser())
-    facts = os.environ.get(ENV["mlama"]) or "hub:inayarhmns/MLAMA-dod-185"
-    started = time.time()
-    try:
-        from .lss import _facts, load_lape, load_lss_tasks
+    from .lss import _facts, facts_env, load_lape, load_lss_tasks
 
+    started = time.time()
+    with facts_env(args.facts) as facts:
         tasks = load_lss_tasks(sources)
         rows = {s: _facts(task, args.limit) for s, task in tasks.items()}
         for t in targets:
@@ -115,12 +101,6 @@ def _search(args) -> int:
         lm = load_lape(args.model, args.batch_size, args.dtype, args.device)
         result = factor.search_factor(lm, tasks, targets, mask, candidates, layers=args.layers, limit=args.limit,
                                       log=lambda m: print(m, file=sys.stderr))
-    finally:
-        if args.facts:
-            if old_env is None:
-                os.environ.pop(ENV["mlama"], None)
-            else:
-                os.environ[ENV["mlama"]] = old_env
     _write(args, result, mask, facts, __version__, time.time() - started, js, md, png)
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 # --------------------------------------------------------------------------------- the task's prompt
@@ -93,6 +94,10 @@ def summarize(matrix: dict[str, dict[str, float]]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ sample logs
+# lm-eval's samples_<task>_<ISO datetime>.jsonl, or a grid cell's samples_<task>.jsonl
+_SAMPLES_NAME = re.compile(r"samples_(.+?)(?:_\d{4}-\d{2}-\d{2}T[\d.:-]+)?\.jsonl")
+
+
 def read_samples(path: str | Path) -> dict[str, dict[int, dict]]:
     """{source language: {doc_id: {"margin": {...}, "doc_hash": ...}}} from lm-eval ``samples_lss_*``
     files: one file, or every such file under a folder (the newest per task when a folder holds
@@ -101,7 +106,7 @@ def read_samples(path: str | Path) -> dict[str, dict[int, dict]]:
     if path.is_dir():
         newest: dict[str, Path] = {}
         for f in sorted(path.rglob("samples_lss_*.jsonl")):
-            task = f.name[len("samples_"):].rsplit("_", 1)[0]
+            task = _SAMPLES_NAME.fullmatch(f.name).group(1)
             if task not in newest or f.stat().st_mtime >= newest[task].stat().st_mtime:
                 newest[task] = f
         files = list(newest.values())
