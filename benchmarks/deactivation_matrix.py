@@ -31,20 +31,19 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from lm_eval.api.instance import Instance
-
     from lapeval import languages
+    from lapeval.instances import instances
     from lapeval.lm import LapeLM
 
     mask = args.mask or B.mask_path()
     langs = [languages.normalize(l) for l in args.langs.split(",")]
-    reqs, owner = [], []
+    pairs, owner = [], []
     for l in langs:
         path = B.SHARED / "flores200_devtest" / "devtest" / f"{languages.get(l).flores}.devtest"
-        sents = path.read_text(encoding="utf-8").splitlines()[: args.n]
-        for i, s in enumerate(sents):
-            reqs.append(Instance("loglikelihood", {}, ("", s), len(reqs), (f"flores_ppl_{l}", i, 1)))
+        for s in path.read_text(encoding="utf-8").splitlines()[: args.n]:
+            pairs.append(("", s))
             owner.append(l)
+    reqs = instances("loglikelihood", pairs, [f"flores_ppl_{l}" for l in owner])
     lm = LapeLM(pretrained=args.model, device="cpu", batch_size=args.batch_size)
     ntok = {l: 0 for l in langs}
     for r, l in zip(reqs, owner):

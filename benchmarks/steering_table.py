@@ -44,19 +44,19 @@ def main() -> None:
     ap.add_argument("--json")
     args = ap.parse_args()
 
-    from lm_eval.api.instance import Instance
-
+    from lapeval.instances import instances
     from lapeval.lm import LapeLM
     from lapeval.metrics.lid import identify
 
     mask = args.mask or B.mask_path()
     sources, targets = args.sources.split(","), args.targets.split(",")
-    reqs, src = [], []
+    gen, src = [], []
     kw = {"until": [], "max_gen_toks": args.max_gen_toks, "do_sample": False}
     for s in sources:
-        for i, p in enumerate(prompts(s, args.n)):
-            reqs.append(Instance("generate_until", {}, (p + "\n", dict(kw)), len(reqs), (f"lang_steer_{s}", i, 1)))
+        for p in prompts(s, args.n):
+            gen.append((p + "\n", dict(kw)))
             src.append(s)
+    reqs = instances("generate_until", gen, [f"lang_steer_{s}" for s in src])
     lm = LapeLM(pretrained=args.model, device="cpu", batch_size=args.batch_size)
     t0 = time.time()
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GRID_FORMAT = "lapeval.grid_summary"
-SKIP_KEYS = frozenset({"alias", "name", "sample_len", "samples"})
+from .errors import LapevalError
+from .grid import canonical_cell_id
+from .results import GRID_SUMMARY_FORMAT as GRID_FORMAT, SKIP_KEYS, ResultsError, is_number, metric_entries, read_json  # noqa: F401
 DEFAULT_ABS_TOL = 1e-6
 DEFAULT_REL_TOL = 0.0
 DEFAULT_STDERR_K = 2.0
@@ -39,7 +39,7 @@ _INPUTS = "an lm-eval results_*.json, an lm-eval --output_path folder, or a lape
 Key = tuple  # (cell, task, metric, filter)
 
 
-class CheckError(ValueError):
+class CheckError(LapevalError, ValueError):
     """Bad input to ``lapeval check``: a one-line message naming the problem and the fix (exit status 2)."""
 
 
@@ -88,14 +88,9 @@ def _newest_key(f: Path):
 
 def _read_json(p: Path, role: str):
     try:
-        with open(p, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as e:
-        raise CheckError(f"{role} {p}: not JSON ({e.msg} at line {e.lineno} column {e.colno}); give {_INPUTS}") from None
-    except UnicodeDecodeError:
-        raise CheckError(f"{role} {p}: not a text JSON file; give {_INPUTS}") from None
-    except OSError as e:
-        raise CheckError(f"{role} {p}: cannot read ({e.strerror or e}); give {_INPUTS}") from None
+        return read_json(p, role, f"give {_INPUTS}")
+    except ResultsError as e:
+        raise CheckError(str(e)) from None
 
 
 def load(path: str | Path, role: str = "input") -> Loaded:
@@ -121,24 +116,19 @@ def load(path: str | Path, role: str = "input") -> Loaded:
 
 def flatten(results: dict, cell: str = "", where: str = "input") -> dict:
     """``{task: {"<metric>,<filter>": value, "<metric>_stderr,<filter>": se}}`` ->
-    ``{(cell, task, metric, filter): (value, se or None)}`` for the numeric values."""
+    ``{(cell, task, metric, filter): (value, se or None)}`` for the numeric values
+    (:func:`lapeval.results.metric_entries`)."""
     out: dict = {}
     for task, entries in results.items():
         if not isinstance(entries, dict):
             raise CheckError(f"{where}: results[{task!r}] is not an object of metrics; "
                              f"give {_INPUTS}")
-        for key, value in entries.items():
-            metric, sep, filt = str(key).partition(",")
-            if metric in SKIP_KEYS or metric.endswith("_stderr") or not _is_number(value):
-                continue
-            se = entries.get(f"{metric}_stderr{sep}{filt}")
-            se = float(se) if _is_number(se) and math.isfinite(se) else None
-            out[(cell, str(task), metric, filt)] = (float(value), se)
+        for (metric, filt), value in metric_entries(entries).items():
+            out[(cell, str(task), metric, filt)] = value
     return out
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+_is_number = is_number
 
 
 # ------------------------------------------------------------------------------------------- tolerances
@@ -300,7 +290,12 @@ def compare(results: Loaded, reference: Loaded, tolerance: Tolerance | None = No
                 and (_match(metric, metrics) or _match(_mkey(metric, filt), metrics)))
 
     ref = {k: v for k, v in reference.metrics.items() if selected(k)}
-    res = {k: v for k, v in results.metrics.items() if selected(k)}
+    # grid cells are matched by their canonical id (a reference written as set=p_max/fr matches set:p_max/fr)
+    # and shown as the reference spells them
+    spelled = {canonical_cell_id(k[0]): k[0] for k in ref if k[0]}
+    res = {(spelled.get(canonical_cell_id(k[0]), k[0]) if k[0] else k[0], *k[1:]): v
+           for k, v in results.metrics.items()}
+    res = {k: v for k, v in res.items() if selected(k)}
     if not ref:
         narrowed = " after --cells/--tasks/--metrics" if (cells or tasks or metrics) else ""
         raise CheckError(f"reference {reference.path}: no numeric metrics{narrowed}; "
@@ -330,10 +325,29 @@ def compare(results: Loaded, reference: Loaded, tolerance: Tolerance | None = No
     return Comparison(results, reference, tolerance, rows, only)
 
 
-def check(results_path, reference_path, tolerance: Tolerance | None = None, *,
-          cells=(), tasks=(), metrics=()) -> Comparison:
-    """Load both inputs and compare them."""
-    return compare(load(results_path, "results"), load(reference_path, "reference"), tolerance,
+def check(results, reference, tolerance=None, *, rel_tolerance: float = DEFAULT_REL_TOL,
+          stderr_k: float = DEFAULT_STDERR_K, cells=(), tasks=(), metrics=()) -> Comparison:
+    """Compare ``results`` with ``reference`` — what ``lapeval check RESULTS --against REFERENCE`` runs.
+
+    Each side: an lm-eval ``results_*.json``, an lm-eval ``--output_path`` folder, or a lapeval grid
+    ``summary.json`` (or its folder). A reference metric passes iff
+
+        |result − ref| ≤ max(abs_tol, rel_tolerance·|ref|, stderr_k·sqrt(se_result² + se_ref²))
+
+    (the stderr term only when both sides have one). ``tolerance``: a :class:`Tolerance`, a number (the
+    absolute tolerance, default 1e-6) or ``--tolerance`` specs (``["0.01", "acc=0.02"]``); ``cells`` /
+    ``tasks`` / ``metrics``: fnmatch patterns restricting the comparison. Returns a :class:`Comparison`
+    (``.passed``, ``.lines()``, ``.as_dict()``).
+
+    Example::
+
+        cmp = lapeval.check("out/ci", "tests/reference/ci.json", tolerance=["0.01", "acc=0.02"])
+        assert cmp.passed, "\n".join(cmp.lines())
+    """
+    if not isinstance(tolerance, Tolerance):
+        specs = [tolerance] if isinstance(tolerance, (int, float, str)) else tolerance
+        tolerance = parse_tolerances(specs, rel_tol=rel_tolerance, stderr_k=stderr_k)
+    return compare(load(results, "results"), load(reference, "reference"), tolerance,
                    cells=cells, tasks=tasks, metrics=metrics)
 
 
@@ -376,3 +390,9 @@ def _json_num(v):
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
     return v
+
+
+# ``lapeval.check(results, reference)`` calls :func:`check` (the module is the public function too)
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

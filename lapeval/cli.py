@@ -1,12 +1,16 @@
 """The ``lapeval`` command. Each command group lives in ``lapeval/commands/<name>.py`` and exposes
-``register(subparsers)``; heavy imports (torch, transformers, lm_eval) happen inside the handlers, so
-``lapeval --help`` stays instant. Errors the user can fix are printed as one line (exit 2)."""
+``register(subparsers)``; its handlers parse arguments, call the library (the API of :mod:`lapeval`) and
+print. Heavy imports (torch, transformers, lm_eval) happen inside the handlers, so ``lapeval --help`` stays
+instant. A :class:`~lapeval.errors.LapevalError` (the user's input or environment) is printed as one line
+with exit status 2; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from .errors import LapevalError
 
 COMMAND_MODULES = (
     "lapeval.commands.models",
@@ -19,10 +23,6 @@ COMMAND_MODULES = (
     "lapeval.commands.demo",
     "lapeval.commands.check",
 )
-
-
-class UsageError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,18 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         rc = args.handler(args, extra) if getattr(args, "accepts_extra", False) else args.handler(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        if isinstance(e, ValueError) and not _is_user_error(e):
-            raise
-        print(f"lapeval {args.command}: error: {e}", file=sys.stderr)
+    except LapevalError as e:
+        message = " ".join(str(e).split("\n"))
+        print(f"lapeval {args.command}: error: {message}", file=sys.stderr)
         return 2
     return int(rc or 0)
-
-
-def _is_user_error(e: Exception) -> bool:
-    """Our own input errors (MaskError, UnsupportedModelError, language/corpus errors) subclass ValueError
-    and carry a one-line message; other ValueErrors are bugs and keep their traceback."""
-    return type(e).__module__.startswith("lapeval") or (type(e) is ValueError and "\n" not in str(e))
 
 
 if __name__ == "__main__":

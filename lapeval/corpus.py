@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import LapevalError
 from .languages import get as get_language
 
 
-class CorpusError(ValueError):
+class CorpusError(LapevalError, ValueError):
     pass
 
 

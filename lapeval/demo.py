@@ -16,15 +16,15 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ._io import write_json, write_text
+from .errors import UsageError
+from .instances import instances
+from .paths import DATA_DIR as DATA, DEMO_TEXT, committed_mask  # noqa: F401 (re-exported)
 
-DATA = Path(__file__).resolve().parent / "data"
-DEMO_TEXT = DATA / "demo_text"
 DEFAULT_LANGUAGES = "en,fr,id,zh,ja,ru"
 
 
@@ -42,19 +42,10 @@ class DemoConfig:
     batch_size: int = 16
 
 
-def committed_mask(name: str = "gemma-3-270m") -> Path:
-    """The mask shipped with lapeval: in the installed package, else in the checkout's neuron_masks/."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "neuron_masks", here.parent / "neuron_masks"):
-        if (folder / f"{name}.safetensors").is_file():
-            return folder / f"{name}.safetensors"
-    raise FileNotFoundError(f"no committed mask {name}.safetensors: pass --mask FILE or --recompute")
-
-
 def demo_sentences(lang: str) -> list[str]:
     path = DEMO_TEXT / f"{lang}.txt"
     if not path.is_file():
-        raise ValueError(f"no bundled demo text for {lang}: the demo has {', '.join(sorted(p.stem for p in DEMO_TEXT.glob('*.txt')))}")
+        raise UsageError(f"no bundled demo text for {lang}: the demo has {', '.join(sorted(p.stem for p in DEMO_TEXT.glob('*.txt')))}")
     return [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
@@ -74,12 +65,6 @@ def sentence_start(sentence: str) -> str:
 
 
 # ---- the three measurements ------------------------------------------------------------------------
-def _instances(kind: str, args: list[tuple], task: str):
-    from lm_eval.api.instance import Instance
-
-    return [Instance(request_type=kind, doc={}, arguments=a, idx=0, metadata=(task, i, 1)) for i, a in enumerate(args)]
-
-
 def perplexity_matrix(lm, mask_path: str, langs: list[str], texts: dict[str, list[str]], log) -> dict:
     """Mean token NLL of each language's held-out sentences: baseline, and with each language zeroed.
 
@@ -89,7 +74,7 @@ def perplexity_matrix(lm, mask_path: str, langs: list[str], texts: dict[str, lis
     args = [("", t) for m in langs for t in texts[m]]
     owner = [m for m in langs for _ in texts[m]]
     n_tok = {m: sum(len(lm.tok_encode(t, add_special_tokens=False)) for t in texts[m]) for m in langs}
-    reqs = _instances("loglikelihood", args, "demo_ppl")
+    reqs = instances("loglikelihood", args, "demo_ppl")
 
     def nll() -> dict[str, float]:
         lls = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
@@ -122,7 +107,7 @@ def steering_share(lm, mask_path: str, langs: list[str], prompts: dict[str, list
         for p in prompts[s]:
             args.append((p, dict(kw)))
             src.append(s)
-    reqs = _instances("generate_until", args, "lang_steer")
+    reqs = instances("generate_until", args, "lang_steer")
 
     def generate() -> list[str | None]:
         return [identify(o)[0] if o.strip() else None for o in lm.generate_until(reqs, disable_tqdm=True)]
@@ -145,15 +130,16 @@ def steering_share(lm, mask_path: str, langs: list[str], prompts: dict[str, list
 
 
 def lss_matrix(lm, mask_path: str, langs: list[str], n_facts: int, log) -> dict:
-    from .commands.lss import compute_matrix, load_lss_tasks
-    from .taskdata import FACTS_DIR
+    """LSS with p_max amplification on lapeval's bundled facts, for the demo languages that have facts."""
+    from .lss import facts_env, load_lss_tasks, compute_matrix
+    from .paths import FACTS_DIR
 
-    os.environ["LAPEVAL_MLAMA_DIR"] = str(FACTS_DIR)
     have = {p.name for p in Path(FACTS_DIR).iterdir() if p.is_dir()}
     sources = [l for l in langs if l in have]
-    tasks = load_lss_tasks(sources)
-    return compute_matrix(lm, tasks, sources, neurons=mask_path, mode="set", value="p_max", limit=n_facts,
-                          log=lambda m: None)
+    with facts_env("builtin"):
+        tasks = load_lss_tasks(sources)
+        return compute_matrix(lm, tasks, sources, neurons=mask_path, mode="set", value="p_max", limit=n_facts,
+                              log=lambda m: None)
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -176,8 +162,7 @@ def run(cfg: DemoConfig, log=print) -> Path:
 
     # 1. the neurons
     if cfg.recompute:
-        from .commands.identify import _identify
-        from argparse import Namespace
+        from .identification import identify
 
         corpus = out / "identify_text"
         corpus.mkdir(exist_ok=True)
@@ -185,10 +170,8 @@ def run(cfg: DemoConfig, log=print) -> Path:
             write_text(corpus / f"{l}.txt", "\n".join(split_text(l, cfg.n_eval)[0]) + "\n")
         mask_path = out / "mask.safetensors"
         log(f"[1/5] identifying language neurons on the bundled text ({len(langs)} languages)")
-        _identify(Namespace(model=cfg.model, languages=",".join(langs), corpus=f"files:{corpus}/{{lang}}.txt",
-                            max_tokens=10**9, n_sentences=100, max_length=512, batch_tokens=4096, batch_size=64,
-                            dtype="float32", device="cpu", no_progress=True, method="lape", top_rate=0.01,
-                            filter_rate=0.95, activation_bar_ratio=0.95, out=str(mask_path), stats_out=None, plot=False))
+        identify(cfg.model, langs, f"files:{corpus}/{{lang}}.txt", max_tokens=10**9, batch_tokens=4096,
+                 device="cpu", out=mask_path, progress=False, log=log)
     else:
         mask_path = Path(cfg.mask) if cfg.mask else committed_mask()
         log(f"[1/5] language neurons: {mask_path}")
@@ -197,7 +180,7 @@ def run(cfg: DemoConfig, log=print) -> Path:
     mask = NeuronMask.load(mask_path)
     missing = [l for l in langs if l not in mask.languages]
     if missing:
-        raise ValueError(f"the mask has no neurons for {', '.join(missing)}: choose --languages among {', '.join(mask.languages)}")
+        raise UsageError(f"the mask has no neurons for {', '.join(missing)}: choose --languages among {', '.join(mask.languages)}")
 
     # 2. where they sit
     log("[2/5] where the neurons sit")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .intervene import InterventionError, Operation, parse_layers
+from .errors import UsageError
+from .operation import InterventionError, Operation, parse_layers, parse_spec
 
 DEFAULT_CANDIDATES = ("set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero")
 DEFAULT_SCALES = (2.0, 5.0, 10.0)
@@ -49,34 +50,24 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        if self.op.value is None:
-            return self.op.mode
-        v = self.op.value
-        return f"{self.op.mode}:{format(v, 'g') if isinstance(v, float) else v}"
+        return self.op.label
 
     def __str__(self) -> str:
         return self.label
 
 
 def parse_candidate(spec) -> Candidate:
-    """``"set:p_max"`` / ``"set=p_max"`` / ``"zero"`` / ``("scale", 2)`` / a :class:`Candidate`."""
+    """``"set:p_max"`` / ``"set=p_max"`` / ``"zero"`` / ``("scale", 2)`` / a :class:`Candidate`
+    (:func:`lapeval.operation.parse_spec` without layers: the search's ``layers`` apply to every candidate)."""
     if isinstance(spec, Candidate):
         return spec
-    if isinstance(spec, Operation):
-        return Candidate(spec)
-    if isinstance(spec, (tuple, list)):
-        if not 1 <= len(spec) <= 2:
-            raise CandidateError(f"candidate {spec!r}: give (mode, value) or (mode,)")
-        mode, value = spec[0], spec[1] if len(spec) == 2 else None
-        text = f"{mode}:{value}" if value is not None else str(mode)
-    else:
-        text = str(spec).strip()
-        sep = min((i for i in (text.find(":"), text.find("=")) if i >= 0), default=-1)
-        mode, value = (text[:sep], text[sep + 1:]) if sep >= 0 else (text, None)
     try:
-        return Candidate(Operation.parse(str(mode).strip(), value))
+        op, layers = parse_spec(tuple(spec) if isinstance(spec, list) else spec, what="candidate")
     except InterventionError as e:
-        raise CandidateError(f"candidate {text!r}: {e} (candidates are mode:value, e.g. set:p_max, scale:2, zero)") from None
+        raise CandidateError(f"{e} (candidates are mode:value, e.g. set:p_max, scale:2, zero)") from None
+    if layers is not None:
+        raise CandidateError(f"candidate {spec!r}: candidates take no @layers; give --layers for the whole search")
+    return Candidate(op)
 
 
 def parse_scales(spec) -> list[float]:
@@ -122,9 +113,7 @@ def build_candidates(specs=None, scales: Iterable[float] = ()) -> list[Candidate
 def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[str]) -> None:
     """One-line errors, before anything heavy: every target is a language of the mask, and every candidate
     taking its value from the mask (``p_max`` / ``p_median``) finds it for every target."""
-    from .intervene import _code
-
-    codes = [_code(mask, t) for t in targets]  # MaskError naming the mask's languages
+    codes = [mask.code(t) for t in targets]  # MaskError naming the mask's languages
     where = f" {mask.path}" if mask.path else ""
 
     def lacking(c: Candidate) -> list[str]:
@@ -164,18 +153,18 @@ def _best(scores: list[tuple[str, float]]) -> tuple[str, float] | None:
     return best
 
 
-def search_factor(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=None, limit: int | None = None,
-                  log: Callable[[str], None] = print) -> dict:
-    """LSS of every candidate operation for every target language, against one baseline.
+def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=None, limit: int | None = None,
+           log: Callable[[str], None] = print) -> dict:
+    """LSS of every candidate operation for every target language, against one baseline, with a loaded model.
 
     ``lm``: a :class:`~lapeval.lm.LapeLM`; ``tasks``: ``{s: lss_<s> task}`` (from
-    :func:`lapeval.commands.lss.load_lss_tasks`); ``targets``: languages of the mask whose neurons get the
+    :func:`lapeval.lss.load_lss_tasks`); ``targets``: languages of the mask whose neurons get the
     operation; ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask`; ``candidates``: ``mode:value``
     strings, ``(mode, value)`` tuples or :class:`Candidate` s (see :func:`parse_candidate`); ``layers``:
     where to intervene (default all); ``limit``: first N facts per source.
 
     The baseline log-likelihoods (no intervention) are computed once; each candidate then gives exactly
-    what :func:`lapeval.commands.lss.compute_matrix` gives for it alone. Returns::
+    what :func:`lapeval.lss.compute_matrix` gives for it alone. Returns::
 
         candidates        [label, ...] in the given order (repeats dropped)
         sources, targets  the languages, in order
@@ -189,7 +178,7 @@ def search_factor(lm, tasks: dict, targets: Sequence[str], neurons, candidates, 
     Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
     win, and a target whose every mean is NaN gets ``None``.
     """
-    from .commands.lss import baseline_loglikelihoods, compute_matrix
+    from .lss import baseline_loglikelihoods, compute_matrix
     from .masks import NeuronMask
 
     mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
@@ -232,6 +221,115 @@ def search_factor(lm, tasks: dict, targets: Sequence[str], neurons, candidates, 
         "matrices": matrices,
         "n_items": n_items,
     }
+
+
+def factor_paths(neurons, out=None) -> tuple[Path, Path, Path]:
+    """(json, md, png) of a search: ``out`` (and its .md/.png siblings), else ``<mask stem>.factor.*`` beside
+    the mask."""
+    if out:
+        js = Path(out)
+    else:
+        mask = Path(str(neurons))
+        stem = mask.stem if mask.suffix == ".safetensors" else mask.name
+        js = mask.with_name(f"{stem}.factor.json")
+    return js, js.with_suffix(".md"), js.with_suffix(".png")
+
+
+def search_factor(model, neurons, languages, targets=None, *, candidates=None, scales=None, layers=None,
+                  facts=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
+                  device: str = "cpu", out=None, log: Callable[[str], None] = print) -> dict:
+    """Choose the amplification value per target language by LSS — what ``lapeval search-factor`` runs.
+
+    Every candidate operation (default :data:`DEFAULT_CANDIDATES`, then ``scale:c`` for each of ``scales``,
+    default 2, 5, 10 with the default list and none with ``candidates``) is applied to each target t's
+    neurons; its score for t is mean_{s ≠ t} LSS(s, t), all against one baseline. The best candidate per
+    target and overall (highest mean; ties: the earlier candidate) are written as ``<mask stem>.factor.json``
+    / ``.md`` / ``.png`` beside the mask (or at ``out``). ``model``: a name / folder / hub id or a loaded
+    :class:`~lapeval.lm.LapeLM`; ``languages``: the sources; ``targets``: default ``languages``; ``facts``,
+    ``limit``, ``layers``: as :func:`lapeval.lss_matrix`. Returns the JSON document written.
+
+    Example::
+
+        doc = lapeval.search_factor("gemma-3-270m", "neuron_masks/gemma-3-270m.safetensors", "en,fr,zh",
+                                    facts="builtin", limit=20, candidates="set:p_max,scale:2")
+        doc["best_per_target"]["fr"]["candidate"]
+    """
+    from . import __version__, models
+    from .languages import parse_list
+    from .lss import check_sources, facts_env, facts_of, load_lape, load_lss_tasks
+    from .masks import NeuronMask
+
+    # ---- everything that can be checked without the model or the data
+    sources = parse_list(languages)
+    tgts = parse_list(targets) if targets else sources
+    check_sources(sources)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: give a positive number of facts per source")
+    if scales is not None:
+        scale_list = parse_scales(scales) if isinstance(scales, str) else [float(c) for c in scales]
+    else:
+        scale_list = list(DEFAULT_SCALES) if candidates is None else []
+    cands = build_candidates(candidates, scale_list)
+    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    check_candidates(cands, mask, tgts)
+    parse_layers(layers, mask.n_layers)
+    js, md, png = factor_paths(mask.path or neurons, out)
+
+    started = time.time()
+    with facts_env(facts) as where:
+        tasks = load_lss_tasks(sources)
+        rows = {s: facts_of(task, limit) for s, task in tasks.items()}
+        for t in tgts:  # before the model: a target without objects is refused cheaply
+            if not any(d.get(f"obj_{t}") not in (None, "") for s, rs in rows.items() if s != t for _, d, _, _ in rs):
+                raise UsageError(f"target {t}: the facts ({where}) carry no {t} objects for the other sources, so LSS "
+                                 f"cannot score it: drop it from --targets")
+        if not any(s != t for s in sources for t in tgts):
+            raise UsageError("every (source, target) pair is on the diagonal: give at least two languages")
+        if isinstance(model, str):
+            lm, name = load_lape(model, batch_size, dtype, device), model
+        else:
+            lm, name = model, getattr(model, "_lape_name", None) or str(model.pretrained)
+        from .lss import keeping_setting
+
+        with keeping_setting(lm):
+            result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log)
+    doc = {
+        "model": name,
+        **models.identity(name),
+        "neurons": str(neurons) if isinstance(neurons, (str, Path)) else str(mask.path),
+        "neurons_sha256": mask.sha256() if mask.path else None,
+        "sources": result["sources"],
+        "targets": result["targets"],
+        "candidates": result["candidates"],
+        "table": result["table"],
+        "overall": result["overall"],
+        "best_per_target": result["best_per_target"],
+        "best_overall": result["best_overall"],
+        "tie_rule": result["tie_rule"],
+        "statistic": "per target: mean LSS over sources s != t; overall: mean over all off-diagonal (s, t)",
+        "layers": layers or "all",
+        "limit": limit,
+        "n_items": result["n_items"],
+        "facts": where,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "lapeval_version": __version__,
+        "seconds": round(time.time() - started, 1),
+        "matrices": result["matrices"],
+    }
+    write_results(doc, result, name, mask, js, md, png)
+    return doc
+
+
+def write_results(doc: dict, result: dict, model: str, mask, js: Path, md: Path, png: Path) -> None:
+    """The search's JSON document, markdown table and heatmap, each written atomically."""
+    from ._io import write_json, write_text
+
+    title = f"LSS factor search: {model}, mask {Path(str(mask.path or 'unsaved')).name}"
+    write_json(js, _nan_to_none(doc))
+    write_text(md, format_markdown(result, title))
+    plot_table(result, png, title=f"{model}: mean LSS over s ≠ t")
 
 
 # ------------------------------------------------------------------------------------------ reports

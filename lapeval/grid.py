@@ -31,11 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .errors import LapevalError
+from .operation import InterventionError, Operation, file_name, parse_spec, spec_label
 
 FORMAT = "lapeval.grid"
 
 
-class GridError(ValueError):
+class GridError(LapevalError, ValueError):
     """A bad grid configuration: one line naming the fix."""
 
 
@@ -50,11 +52,11 @@ class Cell:
 
     @property
     def op(self) -> str:
-        """The intervention without its target: ``set=p_max``, ``zero``, ``scale=2@0-5``."""
+        """The intervention without its target, in the one label of :mod:`lapeval.operation`:
+        ``set:p_max``, ``zero``, ``scale:2@0-5``."""
         if self.target is None:
             return "baseline"
-        s = self.mode if self.mode == "zero" else f"{self.mode}={self.value}"
-        return s + (f"@{self.layers}" if self.layers else "")
+        return spec_label(Operation.parse(self.mode, self.value), self.layers)
 
     @property
     def id(self) -> str:
@@ -62,7 +64,20 @@ class Cell:
 
     @property
     def folder(self) -> str:
-        return re.sub(r"[^A-Za-z0-9=@._-]", "_", self.id.replace("/", "__"))
+        """The cell's folder: its id as a file name (``set=p_max__fr``; ``:`` is not allowed on Windows)."""
+        return file_name(self.id.replace("/", "__"))
+
+
+def canonical_cell_id(cell_id: str) -> str:
+    """Any spelling of a cell id (``set=p_max/fr``, as grids before the one label wrote it) → its id now
+    (``set:p_max/fr``); ids that are not ``OP/TARGET`` come back unchanged."""
+    op, sep, target = str(cell_id).rpartition("/")
+    if not sep:
+        return str(cell_id)
+    try:
+        return f"{spec_label(*parse_spec(op))}/{target}"
+    except InterventionError:
+        return str(cell_id)
 
 
 @dataclass
@@ -84,6 +99,41 @@ class GridConfig:
     seed: int = 1234
     multiplex: str = "auto"  # auto (on for GPUs) | on | off
 
+    def __post_init__(self) -> None:
+        """Normalise and validate, whether built from YAML, from flags or directly in Python."""
+        for key in ("tasks", "targets", "include_path"):
+            v = getattr(self, key)
+            if v is None:
+                v = []
+            if isinstance(v, str):
+                v = [p.strip() for p in v.split(",") if p.strip()]
+            if not isinstance(v, (list, tuple)):
+                raise GridError(f"{key}: {v!r}: give a list (or a comma-separated string) of names")
+            setattr(self, key, [str(x).strip() for x in v if str(x).strip()])
+        if isinstance(self.model_args, str):
+            self.model_args = _parse_kv(self.model_args)
+        if self.model_args is None:
+            self.model_args = {}
+        if not isinstance(self.model_args, dict):
+            raise GridError(f"model_args: {self.model_args!r}: give a mapping (dtype: bfloat16) or key=value,key=value")
+        if self.interventions is None:
+            self.interventions = [{"mode": "set", "value": "p_max", "layers": None}]
+        self.interventions = [_parse_intervention(x) for x in _listify(self.interventions)]
+        if not self.model or not self.tasks:
+            raise GridError("a grid needs model: and tasks: (in the YAML file or as --model / --tasks)")
+        for key, kind in (("batch_size", int), ("bootstrap_iters", int), ("ci_resamples", int), ("seed", int)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise GridError(f"{key}: {v!r} is not an integer")
+        if self.num_fewshot is not None and (isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int)):
+            raise GridError(f"num_fewshot: {self.num_fewshot!r} is not an integer")
+        if self.limit is not None:
+            if isinstance(self.limit, bool) or not isinstance(self.limit, (int, float)):
+                raise GridError(f"limit: {self.limit!r}: give a number of documents (or a fraction < 1)")
+            if self.limit >= 1:
+                self.limit = int(self.limit)
+        self.validate()
+
     # ---- building ------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> GridConfig:
@@ -92,18 +142,9 @@ class GridConfig:
         if unknown:
             raise GridError(f"unknown grid setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
         d = {k: v for k, v in d.items() if v is not None}
-        for key in ("tasks", "targets", "include_path"):
-            if isinstance(d.get(key), str):
-                d[key] = [p.strip() for p in d[key].split(",") if p.strip()]
-        if isinstance(d.get("model_args"), str):
-            d["model_args"] = _parse_kv(d["model_args"])
-        if "interventions" in d:
-            d["interventions"] = [_parse_intervention(x) for x in _listify(d["interventions"])]
         if "model" not in d or not d.get("tasks"):
             raise GridError("a grid needs model: and tasks: (in the YAML file or as --model / --tasks)")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+        return cls(**d)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: dict | None = None) -> GridConfig:
@@ -130,7 +171,6 @@ class GridConfig:
             raise GridError("targets: given without neurons: (the mask file whose languages are amplified)")
         self.targets = [normalize(t) for t in self.targets]
         if self.neurons:
-            from .intervene import Operation
             from .masks import NeuronMask
 
             if not Path(self.neurons).is_file():
@@ -141,7 +181,7 @@ class GridConfig:
                 raise GridError(f"target(s) {', '.join(missing)} not in the mask (it has {', '.join(mask.languages)})")
             for iv in self.interventions:
                 op = Operation.parse(iv["mode"], iv.get("value"))
-                if isinstance(op.value, str) and op.value.startswith("p_") and not mask.has_values(op.value):
+                if op.mask_values and not mask.has_values(op.mask_values):
                     raise GridError(f"value {op.value} is not stored in {self.neurons} for every language: use a "
                                     "number, tt_max / tt_p10, or a mask identified with statistics")
         if self.multiplex not in ("auto", "on", "off"):
@@ -152,8 +192,7 @@ class GridConfig:
         out = [Cell()]
         for iv in self.interventions:
             for t in self.targets:
-                value = None if iv["mode"] == "zero" else str(iv.get("value"))
-                out.append(Cell(t, iv["mode"], value, iv.get("layers")))
+                out.append(Cell(t, iv["mode"], iv["value"], iv["layers"]))
         return out
 
     def cell_key(self, cell: Cell, mask_sha: str | None) -> str:
@@ -171,6 +210,10 @@ class GridConfig:
 def _listify(x) -> list:
     if isinstance(x, str):
         return [p for p in re.split(r"[,\s]+", x) if p]
+    if isinstance(x, dict):
+        return [x]
+    if not isinstance(x, (list, tuple)):
+        raise GridError(f"interventions: {x!r}: give a list of MODE[:VALUE][@LAYERS] strings or mappings")
     return list(x)
 
 
@@ -185,18 +228,19 @@ def _parse_kv(s: str) -> dict:
 
 
 def _parse_intervention(x) -> dict:
-    """``{mode: set, value: p_max, layers: 0-5}`` or ``"set:p_max"`` / ``"zero"`` / ``"scale:2@0-5"``."""
-    if isinstance(x, dict):
-        if "mode" not in x:
-            raise GridError(f"intervention {x}: needs mode: (zero, set, scale or add)")
-        return {"mode": str(x["mode"]), "value": None if x.get("value") is None else str(x["value"]),
-                "layers": None if x.get("layers") is None else str(x["layers"])}
-    s = str(x)
-    layers = None
-    if "@" in s:
-        s, layers = s.split("@", 1)
-    mode, _, value = s.partition(":") if ":" in s else s.partition("=")
-    return {"mode": mode.strip(), "value": value.strip() or None, "layers": layers}
+    """``{mode: set, value: p_max, layers: 0-5}`` or ``"set:p_max"`` / ``"zero"`` / ``"scale:2@0-5"``
+    (:func:`lapeval.operation.parse_spec`) → ``{mode, value, layers}`` in canonical spelling."""
+    try:
+        op, layers = parse_spec(x)
+    except InterventionError as e:
+        raise GridError(str(e)) from None
+    return {"mode": op.mode, "value": None if op.value is None else _value_text(op.value), "layers": layers}
+
+
+def _value_text(v) -> str:
+    from .operation import format_value
+
+    return format_value(v)
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -231,7 +275,7 @@ def task_manager(include: list[str], defaults: bool):
 def load_tasks(cfg: GridConfig):
     """The grid's tasks, loaded once: from lapeval's folder (and include_path) alone when they are all
     there, else with lm-eval's built-in index too; few-shot and seeds set as ``simple_evaluate`` does."""
-    from .commands.eval import tasks_path
+    from .paths import tasks_path
 
     include = [str(tasks_path()), *cfg.include_path]
     loaded = None

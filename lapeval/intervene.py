@@ -38,7 +38,6 @@ inside :func:`intervene` and are removed on exit, also when an exception is rais
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -46,130 +45,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .operation import MASK_VALUES, MODES, InterventionError, Operation, parse_layers  # noqa: F401
 from .sites import Site, find_sites
-
-MODES = ("zero", "set", "scale", "add")
-MASK_VALUES = ("p_max", "p_median")
-_TT = re.compile(r"^tt_(max|p(\d+(?:\.\d+)?))$")
-
-
-class InterventionError(ValueError):
-    """A bad intervention setting (mode, value, layers, languages): one line naming the fix."""
-
-
-# ---- the operation --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Operation:
-    """``mode`` (zero | set | scale | add) with its ``value``: a float, ``p_max``/``p_median``,
-    ``tt_max`` or ``tt_p<q>`` (see the module docstring for the formulas)."""
-
-    mode: str
-    value: float | str | None = None
-
-    @classmethod
-    def parse(cls, mode, value=None) -> "Operation":
-        if mode is None or str(mode).strip() == "":
-            raise InterventionError(f"mode= is required with neurons=: use one of {', '.join(MODES)}")
-        m = str(mode).strip().lower()
-        if m not in MODES:
-            raise InterventionError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-        v = _parse_value(value)
-        if m == "zero":
-            if v not in (None, 0.0):
-                raise InterventionError(f"mode=zero takes no value (got value={value!r}); use mode=set,value=... to set")
-            return cls("zero", None)
-        if v is None:
-            hint = "a factor such as 2" if m == "scale" else "a number, p_max, p_median, tt_max or tt_p10"
-            raise InterventionError(f"mode={m} needs value= ({hint})")
-        if m == "scale" and not isinstance(v, float):
-            raise InterventionError(f"mode=scale takes a numeric factor, not value={value!r}")
-        return cls(m, v)
-
-    @property
-    def mask_values(self) -> str | None:
-        """``p_max`` / ``p_median`` when the value comes from the mask file."""
-        return self.value if self.value in MASK_VALUES else None
-
-    @property
-    def statistic(self) -> tuple[str, float] | None:
-        """``("max", 0)`` for tt_max, ``("quantile", q)`` for tt_p<q>, None otherwise."""
-        if not isinstance(self.value, str):
-            return None
-        m = _TT.match(self.value)
-        if m is None:
-            return None
-        return ("max", 0.0) if m.group(1) == "max" else ("quantile", float(m.group(2)))
-
-    def describe(self) -> str:
-        return self.mode if self.value is None else f"{self.mode}={_fmt(self.value)}"
-
-
-def _fmt(v) -> str:
-    return repr(v) if isinstance(v, float) else str(v)
-
-
-def _parse_value(value) -> float | str | None:
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    if isinstance(value, bool):
-        raise InterventionError(f"value={value!r} is not a number, p_max, p_median, tt_max or tt_p<q>")
-    if isinstance(value, (int, float)):
-        f = float(value)
-        if not math.isfinite(f):
-            raise InterventionError(f"value={value!r} is not a finite number")
-        return f
-    s = str(value).strip().lower()
-    if s in MASK_VALUES:
-        return s
-    m = _TT.match(s)
-    if m:
-        if m.group(2) is not None and not 0 < float(m.group(2)) <= 100:
-            raise InterventionError(f"value={value!r}: the percentile must be in (0, 100]")
-        return s
-    try:
-        f = float(s)
-    except ValueError:
-        raise InterventionError(
-            f"bad value={value!r}: use a number, p_max, p_median, tt_max (layer maximum) or tt_p10 (10th percentile)"
-        ) from None
-    if not math.isfinite(f):
-        raise InterventionError(f"value={value!r} is not a finite number")
-    return f
-
-
-# ---- which neurons ---------------------------------------------------------------------------------
-def parse_layers(spec, n_layers: int) -> tuple[int, ...] | None:
-    """``None``/``all`` → every layer; an int, a list, or a string such as ``0-5``, ``0+3+17``, ``[2,3]``."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return None
-    if isinstance(spec, bool):
-        raise InterventionError(f"bad layers={spec!r}: give layer numbers such as 0-5 or 0+3+17")
-    if isinstance(spec, (int, float)):
-        items = [spec]
-    elif isinstance(spec, (list, tuple, set)):
-        items = list(spec)
-    else:
-        items = [p for p in re.split(r"[+|;,\s]+", str(spec).strip().strip("[]()")) if p]
-    out: set[int] = set()
-    for item in items:
-        try:
-            if isinstance(item, str) and re.fullmatch(r"\d+\s*[-:]\s*\d+", item):
-                lo, hi = (int(x) for x in re.split(r"[-:]", item))
-                if hi < lo:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                f = float(item)
-                if f != int(f):
-                    raise ValueError
-                out.add(int(f))
-        except (ValueError, TypeError):
-            raise InterventionError(f"bad layers={spec!r}: give layer numbers such as 0-5 or 0+3+17") from None
-    bad = sorted(l for l in out if not 0 <= l < n_layers)
-    if bad:
-        raise InterventionError(f"layers={spec!r} names layer {bad[0]} but the model has layers 0..{n_layers - 1}")
-    return tuple(sorted(out))
-
 
 @dataclass
 class Intervention:
@@ -241,8 +118,7 @@ class Intervention:
 
 def _code(mask, lang: str) -> str:
     """The mask's own code for ``lang`` (any spelling); MaskError listing the mask's languages if absent."""
-    s = mask._lang(lang)
-    return next(c for c in mask.languages if mask.sets[c] is s)
+    return mask.code(lang)
 
 
 # ---- applying it -----------------------------------------------------------------------------------
@@ -449,3 +325,9 @@ def _site_hook(session: Session, layer: int):
         return session.apply(layer, output)
 
     return hook
+
+
+# ``lapeval.intervene(model, iv)`` calls :func:`intervene` (the module is the public function too)
+from ._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

@@ -8,7 +8,10 @@ language names and fastText lid.176 labels. :func:`get` accepts any of these spe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from .errors import LanguageError
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def get(code: str) -> Language:
     key = code.strip().lower()
     if key in _ALIASES:
         return LANGUAGES[_ALIASES[key]]
-    raise ValueError(f"unknown language {code!r}: use one of {', '.join(LANGUAGES)} (or a FLORES code)")
+    raise LanguageError(f"unknown language {code!r}: use one of {', '.join(LANGUAGES)} (or a FLORES code)")
 
 
 def normalize(code: str) -> str:
@@ -92,15 +95,25 @@ def normalize(code: str) -> str:
     return get(code).code
 
 
+_SEPARATORS = re.compile(r"[,+|;\s]+")
+
+
+def split_list(spec) -> list[str]:
+    """The one splitter of language lists: ``"en,zh"``, ``"en+zh"`` (lm-eval model arguments, which lm-eval
+    splits on commas), ``"en zh"``, or a list → the items as written, empty ones dropped."""
+    if isinstance(spec, (list, tuple)):
+        return [str(s).strip() for s in spec if str(s).strip()]
+    return [p for p in _SEPARATORS.split(str(spec).strip()) if p]
+
+
 def parse_list(spec: str | list[str]) -> list[str]:
-    """``"en,zh, ja"`` (or a list) → canonical codes, in order, with duplicates refused."""
-    items = [s for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    codes = [normalize(s) for s in items]
+    """``"en,zh, ja"`` / ``"en+zh"`` (or a list) → canonical codes, in order, with duplicates refused."""
+    codes = [normalize(s) for s in split_list(spec)]
     dupes = sorted({c for c in codes if codes.count(c) > 1})
     if dupes:
-        raise ValueError(f"language list names {', '.join(dupes)} twice: give each language once")
+        raise LanguageError(f"language list names {', '.join(dupes)} twice: give each language once")
     if not codes:
-        raise ValueError("empty language list: give comma-separated codes such as en,zh,ja")
+        raise LanguageError("empty language list: give comma-separated codes such as en,zh,ja")
     return codes
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UsageError
+
 
 @dataclass
 class Selection:
@@ -52,7 +54,7 @@ def lape_entropy(p: torch.Tensor) -> torch.Tensor:
 def _kth_smallest(flat: torch.Tensor, rate: float) -> float:
     k = round(flat.numel() * rate)  # Python round, as the reference
     if not 1 <= k <= flat.numel():
-        raise ValueError(f"rate {rate} selects rank {k} of {flat.numel()} values: use a rate in (0, 1]")
+        raise UsageError(f"rate {rate} selects rank {k} of {flat.numel()} values: use a rate in (0, 1]")
     return float(flat.kthvalue(k).values)
 
 
@@ -60,7 +62,7 @@ def select_lape(over_zero: torch.Tensor, n_tokens: torch.Tensor, top_rate: float
                 filter_rate: float = 0.95, activation_bar_ratio: float = 0.95) -> Selection:
     for name, v in (("top_rate", top_rate), ("filter_rate", filter_rate), ("activation_bar_ratio", activation_bar_ratio)):
         if not 0 < v <= 1:
-            raise ValueError(f"{name}={v} is outside (0, 1]: pass a fraction such as 0.01 or 0.95")
+            raise UsageError(f"{name}={v} is outside (0, 1]: pass a fraction such as 0.01 or 0.95")
     p = activation_probability(over_zero, n_tokens)
     n_langs, n_layers, d_ff = p.shape
     entropy = lape_entropy(p)

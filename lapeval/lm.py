@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -43,88 +41,27 @@ from lm_eval.models import huggingface as _hf
 from lm_eval.models.huggingface import HFLM
 
 from . import __version__, models
-from .intervene import Intervention, InterventionError, Operation, _code, intervene, parse_layers
-from .languages import task_language
-from .masks import MaskError, NeuronMask
+from .intervene import Intervention, intervene
+from .setting import LapeConfigError, Setting, build_setting, cache_identity, route  # noqa: F401 (re-exported)
 from .sites import find_sites
-
-
-class LapeConfigError(InterventionError):
-    """A bad ``lape`` model argument: one line naming the fix."""
-
-
-@dataclass
-class Setting:
-    """One intervention setting of the model: a mask, languages (or ``self``), an operation, layers."""
-
-    mask: NeuronMask
-    sha256: str
-    lang: tuple[str, ...] | None  # None = self
-    op: Operation
-    layers: tuple[int, ...] | None
-    _compiled: dict = field(default_factory=dict, repr=False)
-    used: set = field(default_factory=set, repr=False)
-
-    def intervention(self, langs: tuple[str, ...]) -> Intervention:
-        if langs not in self._compiled:
-            self._compiled[langs] = Intervention.from_mask(self.mask, langs, self.op, layers=self.layers)
-        self.used.update(langs)
-        return self._compiled[langs]
-
-    def key(self, langs: tuple[str, ...]) -> dict:
-        """What determines the computation for requests run with ``langs`` (cache key, provenance)."""
-        return {"neurons_sha256": self.sha256, "languages": list(langs), "mode": self.op.mode,
-                "value": self.op.value, "layers": "all" if self.layers is None else list(self.layers)}
-
-    def describe(self) -> dict:
-        d = self.key(self.lang or ())
-        d["lang"] = "self" if self.lang is None else list(self.lang)
-        if self.lang is None:
-            d["languages"] = sorted(self.used)
-        d.update(neurons=str(self.mask.path) if self.mask.path else None, mask_languages=list(self.mask.languages),
-                 n_neurons={l: self.intervention((l,)).n_neurons for l in (self.lang or sorted(self.used))})
-        return d
-
-
-def _split_langs(spec) -> list[str]:
-    if isinstance(spec, (list, tuple)):
-        return [str(s).strip() for s in spec if str(s).strip()]
-    return [p for p in str(spec).replace("|", "+").replace(";", "+").replace(",", "+").replace(" ", "+").split("+") if p]
-
-
-def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = None, d_ff: int | None = None) -> Setting | None:
-    """Validate the ``lape`` arguments (one-line errors) and build the :class:`Setting`; None = no intervention."""
-    if neurons is None or (isinstance(neurons, str) and not neurons.strip()):
-        given = [k for k, v in (("lang", lang), ("mode", mode), ("value", value), ("layers", layers)) if v is not None]
-        if given:
-            raise LapeConfigError(f"{'/'.join(given)}= given without neurons=: pass neurons=<mask .safetensors file>")
-        return None
-    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
-    op = Operation.parse(mode, value)
-    if n_layers is not None:
-        mask.check_model(n_layers, d_ff)
-    chosen = parse_layers(layers, mask.n_layers)
-    if lang is None or (isinstance(lang, str) and not lang.strip()):
-        raise LapeConfigError(f"neurons= needs lang=: one of {', '.join(mask.languages)}, several joined by +, all, or self")
-    if isinstance(lang, str) and lang.strip().lower() == "self":
-        langs = None
-    elif isinstance(lang, str) and lang.strip().lower() == "all":
-        langs = tuple(mask.languages)
-    else:
-
-        langs = tuple(dict.fromkeys(_code(mask, l) for l in _split_langs(lang)))
-        if not langs:
-            raise LapeConfigError(f"empty lang=: use codes of this mask ({', '.join(mask.languages)})")
-    sha = mask.sha256() if mask.path else "unsaved"
-    setting = Setting(mask, sha, langs, op, chosen)
-    if langs is not None:
-        setting.intervention(langs)  # validates values (p_max present ...) now, not mid-run
-    return setting
 
 
 @register_model("lape")
 class LapeLM(HFLM):
-    """lm-eval's HFLM with the interventions of :mod:`lapeval.intervene` (see the module docstring)."""
+    """lm-eval's HFLM with the interventions of :mod:`lapeval.intervene` — the ``lape`` model.
+
+    ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask` (none: exactly ``hf``); ``lang``: a code,
+    several (``en+zh``), ``all`` or ``self``; ``mode`` / ``value`` / ``layers``: the operation
+    (``set`` / ``p_max`` ...; :mod:`lapeval.operation`); every other keyword goes to ``HFLM``. The setting
+    itself (:class:`~lapeval.setting.Setting`) is backend-neutral; this class adds HFLM's request methods.
+
+    Example::
+
+        lm = lapeval.LapeLM(pretrained="gemma-3-270m", neurons="neuron_masks/gemma-3-270m.safetensors",
+                            lang="id", mode="set", value="p_max", batch_size=8, device="cpu")
+        simple_evaluate(model=lm, tasks=["xcopa_id"])
+        lm.set_intervention(neurons=lm.intervention.mask, lang="zh", mode="zero")   # no reload
+    """
 
     def __init__(self, pretrained, neurons=None, lang=None, mode=None, value=None, layers=None,
                  device: str | None = None, **kwargs) -> None:
@@ -181,27 +118,7 @@ class LapeLM(HFLM):
 
     def _groups(self, requests) -> list[tuple[tuple[str, ...] | None, list[int]]]:
         """Requests grouped by the languages whose neurons they run with (None: no intervention)."""
-        s = self._lape
-        if s is None:
-            return [(None, list(range(len(requests))))]
-        if s.lang is not None:
-            return [(s.lang, list(range(len(requests))))]
-
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, req in enumerate(requests):
-            task = getattr(req, "task_name", None)
-            code = task_language(task) if task else None
-            if code is None:
-                raise LapeConfigError(f"lang=self: task {task!r} names no language; give lang= explicitly for it")
-            try:
-                code = _code(s.mask, code)
-            except MaskError:
-                raise MaskError(
-                    f"lang=self: task {task} is in {code}, which the mask has no neurons for (it has: "
-                    f"{', '.join(s.mask.languages)}); run it with an explicit lang= or another mask"
-                ) from None
-            groups.setdefault((code,), []).append(i)
-        return sorted(groups.items())
+        return route(self._lape, [getattr(r, "task_name", None) for r in requests])
 
     def _run(self, attr: str, requests, call: Callable[[list], list]) -> list:
         db = self._lape_db
@@ -254,9 +171,7 @@ class LapeLM(HFLM):
 
     # ---- caching ----------------------------------------------------------------------------------
     def _cache_identity(self, langs, setting: Setting | None = None) -> dict:
-        model = {"model": self._lape_name or str(self.pretrained), "dtype": str(self.model.dtype)}
-        setting = setting or self._lape
-        return {**model, "intervention": None if langs is None else setting.key(langs)}
+        return cache_identity(self._lape_name or str(self.pretrained), str(self.model.dtype), setting or self._lape, langs)
 
     @staticmethod
     def _cache_key(attr: str, args: tuple, salt: str) -> str | None:

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from ._io import atomic_path, sha256_file
+from .errors import LapevalError
 from .languages import PAPER1_LANGUAGES, PAPER2_LANGUAGES, normalize, parse_list
 
 FORMAT = "lapeval.neuron_mask"
@@ -32,7 +33,7 @@ FORMAT_VERSION = 1
 VALUE_KINDS = ("p_max", "p_median")
 
 
-class MaskError(ValueError):
+class MaskError(LapevalError, ValueError):
     pass
 
 
@@ -77,11 +78,16 @@ class NeuronMask:
         return cls(list(languages), n_layers, d_ff, sets, dict(meta or {}))
 
     # ---- views ----------------------------------------------------------------------------------
-    def _lang(self, lang: str) -> LanguageNeurons:
+    def code(self, lang: str) -> str:
+        """This mask's own code for ``lang`` in any spelling (``jp``, ``jpn_Jpan``, ``Japanese`` → ``ja``);
+        a one-line :class:`MaskError` listing the mask's languages when it has none."""
         code = lang if lang in self.sets else _try_normalize(lang)
         if code not in self.sets:
             raise MaskError(f"language {lang!r} is not in this mask file: it has {', '.join(self.languages)}")
-        return self.sets[code]
+        return code
+
+    def _lang(self, lang: str) -> LanguageNeurons:
+        return self.sets[self.code(lang)]
 
     def as_bool(self, lang: str) -> torch.Tensor:
         s = self._lang(lang)

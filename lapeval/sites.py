@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import LapevalError
+
 _ACT_NAME = re.compile(r"gelu|relu|silu|swish|swiglu|geglu|mish|tanh|sigmoid|softplus|act", re.IGNORECASE)
 _NOT_ACT = (nn.Dropout, nn.Identity, nn.LayerNorm, nn.Embedding)
 
@@ -46,7 +48,7 @@ class Site:
         return next(self.container.parameters()).device
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(LapevalError, ValueError):
     pass
 
 

@@ -33,9 +33,14 @@ from safetensors.torch import save_file
 
 from . import __version__
 from ._io import atomic_path
+from .errors import InputFileError, LapevalError
 from .sites import Site, find_sites, stack_of
 
 FORMAT = "lapeval.activation_stats"
+
+
+class StatsError(LapevalError, ValueError):
+    """A statistics file or collection setting that cannot be used: one line naming the fix."""
 
 
 @dataclass
@@ -85,7 +90,7 @@ def sequences(tokenizer, texts: Iterable[str], budget: int, max_length: int, chu
     prefix = special_prefix(tokenizer)
     room = max_length - len(prefix)
     if room <= 0:
-        raise ValueError(f"max_length {max_length} leaves no room after the {len(prefix)} prefix tokens: raise --max-length")
+        raise StatsError(f"max_length {max_length} leaves no room after the {len(prefix)} prefix tokens: raise --max-length")
     remaining = budget
     buf: list[str] = []
 
@@ -355,22 +360,22 @@ class Stats:
     def load(cls, path: str | Path) -> "Stats":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"statistics file {path} does not exist: run lapeval collect first")
+            raise InputFileError(f"statistics file {path} does not exist: run lapeval collect first")
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 t = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
-            raise ValueError(f"{path} is not a safetensors statistics file ({e})") from None
+            raise StatsError(f"{path} is not a safetensors statistics file ({e})") from None
         if "over_zero" not in t or "n_tokens" not in t or "languages" not in header:
-            raise ValueError(f"{path} lacks over_zero / n_tokens tensors or the 'languages' metadata key (see lapeval select --help)")
+            raise StatsError(f"{path} lacks over_zero / n_tokens tensors or the 'languages' metadata key (see lapeval select --help)")
         langs = json.loads(header["languages"])
         oz, n = t["over_zero"], t["n_tokens"]
         if oz.dim() != 3 or oz.shape[0] != len(langs) or n.shape != (len(langs),):
-            raise ValueError(f"{path}: over_zero must be [n_langs, n_layers, d_ff] and n_tokens [n_langs] for {len(langs)} languages")
+            raise StatsError(f"{path}: over_zero must be [n_langs, n_layers, d_ff] and n_tokens [n_langs] for {len(langs)} languages")
         if (n <= 0).any():
             empty = [l for l, c in zip(langs, n.tolist()) if c <= 0]
-            raise ValueError(f"{path}: no tokens counted for {', '.join(empty)}: collect more text for them")
+            raise StatsError(f"{path}: no tokens counted for {', '.join(empty)}: collect more text for them")
         act = {k: t[k] for k in ("act_max", "act_median", "act_min") if k in t}
         return cls(langs, oz.long(), n.long(), act, t.get("n_sentences"), json.loads(header.get("lapeval", "{}")))
 
@@ -407,7 +412,7 @@ def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, c
         st = collect_language(model, tokenizer, texts_of(lang), cfg, sites,
                               progress=f"[{i + 1}/{len(languages)}] {lang}" if progress else None)
         if st.n_tokens == 0:
-            raise ValueError(f"no text found for {lang}: check the corpus spec")
+            raise StatsError(f"no text found for {lang}: check the corpus spec")
         if rank == 0:
             _save_part(part, st, key)
             log(f"lapeval collect: {lang}: {st.n_tokens} tokens, {st.n_texts} sequences")

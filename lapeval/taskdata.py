@@ -44,6 +44,8 @@ import os
 from pathlib import Path
 
 from . import languages
+from .errors import InputFileError
+from .paths import DATA_DIR, FACTS_DIR, STEER_PROMPTS  # noqa: F401 (re-exported)
 
 HUB = {
     "xcopa": "cambridgeltl/xcopa",
@@ -64,12 +66,7 @@ ENV = {
 # FLORES+ renamed a few FLORES-200 codes (individual-language ISO 639-3 codes instead of macrolanguages)
 FLORES_PLUS_CODES = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant", "est_Latn": "ekk_Latn", "tgl_Latn": "fil_Latn"}
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-FACTS_DIR = DATA_DIR / "mlama"  # lapeval's own parallel facts, in the MLAMA-dod-185 layout
-STEER_PROMPTS = DATA_DIR / "steer_prompts.jsonl"
-
-
-class LocalDataError(FileNotFoundError):
+class LocalDataError(InputFileError):
     """A local override names a folder that lacks the expected file."""
 
 

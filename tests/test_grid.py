@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lapeval.grid import GridConfig, GridError, run_grid
+from lapeval.operation import file_name
 from lapeval.report import paired_bootstrap
 from lapeval.taskdata import FACTS_DIR
 
@@ -57,23 +58,23 @@ def test_grid_cells_equal_separate_runs_and_summary(tmp_path, tiny_model_dir, da
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from lapeval.commands.eval import tasks_path
+    from lapeval.paths import tasks_path
 
     mask = _mask(tmp_path)
     cfg = _cfg(tmp_path, tiny_model_dir, mask)
     status = run_grid(cfg, log=lambda m: None, lm=lm)
-    assert list(status) == ["baseline", "set=p_max/en", "set=p_max/fr", "zero/en", "zero/fr"]
+    assert list(status) == ["baseline", "set:p_max/en", "set:p_max/fr", "zero/en", "zero/fr"]
     assert set(status.values()) == {"ran"}
     out = Path(cfg.output)
 
     # every cell equals a separate simple_evaluate of the same setting (on a fresh TaskManager)
     tm = TaskManager(include_defaults=False, include_path=str(tasks_path()))
     for cell_id, setting in [("baseline", None), ("zero/en", {"lang": "en", "mode": "zero"}),
-                             ("set=p_max/fr", {"lang": "fr", "mode": "set", "value": "p_max"})]:
+                             ("set:p_max/fr", {"lang": "fr", "mode": "set", "value": "p_max"})]:
         lm.clear_intervention() if setting is None else lm.set_intervention(neurons=str(mask), **setting)
         sep = simple_evaluate(model=lm, tasks=TASKS, task_manager=tm, limit=6, bootstrap_iters=0, log_samples=False,
                               verbosity="ERROR")["results"]
-        folder = cell_id.replace("/", "__")
+        folder = file_name(cell_id.replace("/", "__"))  # the cell's folder: its id as a file name
         got = _task_results(out / "cells" / folder / "results.json")
         for task in TASKS:
             for k, v in sep[task].items():
@@ -84,12 +85,12 @@ def test_grid_cells_equal_separate_runs_and_summary(tmp_path, tiny_model_dir, da
     res = json.loads((out / "cells" / "set=p_max__fr" / "results.json").read_text())  # noqa
     prov = res["config"]["lape"]["intervention"]
     assert prov["languages"] == ["fr"] and prov["mode"] == "set" and prov["value"] == "p_max"
-    assert res["lapeval_grid"]["cell"] == "set=p_max/fr" and (out / "cells" / "set=p_max__fr" / "samples_lss_en.jsonl").is_file()
+    assert res["lapeval_grid"]["cell"] == "set:p_max/fr" and (out / "cells" / "set=p_max__fr" / "samples_lss_en.jsonl").is_file()
 
     s = json.loads((out / "summary.json").read_text())
     assert s["format"] == "lapeval.grid_summary" and not s["missing_cells"]
-    assert set(s["lss"]) == {"set=p_max", "zero"}
-    m = s["lss"]["set=p_max"]["matrix"]
+    assert set(s["lss"]) == {"set:p_max", "zero"}
+    m = s["lss"]["set:p_max"]["matrix"]
     assert set(m) == {"en", "fr", "ja"} and set(m["ja"]) == {"en", "fr"} and set(m["fr"]) == {"en"}
     ppl = [t for t in s["tables"] if t["family"] == "flores_ppl" and t["metric"] == "word_perplexity" and t["intervention"] == "zero"][0]
     assert ppl["targets"] == ["en", "fr"] and ppl["columns"] == ["en", "fr"] and ppl["column_languages"] == ["en", "fr"]
@@ -105,7 +106,7 @@ def test_grid_cells_equal_separate_runs_and_summary(tmp_path, tiny_model_dir, da
     csv = (out / "summary.csv").read_text().splitlines()
     assert csv[0].startswith("cell,intervention,target,task") and len(csv) == 1 + len(s["rows"])
     md = (out / "summary.md").read_text()
-    assert "## LSS, set=p_max" in md and "self-language (diagonal) mean Δ" in md and "word_perplexity itself" in md
+    assert "## LSS, set:p_max" in md and "self-language (diagonal) mean Δ" in md and "word_perplexity itself" in md
     pngs = sorted(p.name for p in (out / "heatmaps").glob("*.png"))
     assert "lss_set=p_max.png" in pngs and any(p.startswith("zero_flores_ppl_word_perplexity") for p in pngs)
 
@@ -130,14 +131,14 @@ def test_resume_runs_only_missing_cells_and_gives_the_same_summary(tmp_path, tin
     monkeypatch.setattr(grid, "_run_cell", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_grid(cfg, log=lambda m: None, lm=lm)
-    assert calls == ["baseline", "set=p_max/en"]
+    assert calls == ["baseline", "set:p_max/en"]
     assert not (Path(cfg.output) / "summary.json").exists()
     assert not list(Path(cfg.output).rglob("*.tmp*"))  # nothing half-written
 
     reran = []
     monkeypatch.setattr(grid, "_run_cell", lambda *a: (reran.append(a[3].id), real(*a)))
     status = run_grid(cfg, log=lambda m: None, lm=lm)
-    assert reran == ["set=p_max/fr"] and status == {"baseline": "reused", "set=p_max/en": "reused", "set=p_max/fr": "ran"}
+    assert reran == ["set:p_max/fr"] and status == {"baseline": "reused", "set:p_max/en": "reused", "set:p_max/fr": "ran"}
     a = json.loads((Path(full.output) / "summary.json").read_text())
     b = json.loads((Path(cfg.output) / "summary.json").read_text())
     a["config"].pop("output"), b["config"].pop("output")
@@ -147,7 +148,7 @@ def test_resume_runs_only_missing_cells_and_gives_the_same_summary(tmp_path, tin
     changed = _cfg(tmp_path, tiny_model_dir, mask, out="killed", interventions=["set:p_max"], tasks=TASKS[:3] + TASKS[4:], limit=5)
     reran.clear()
     run_grid(changed, log=lambda m: None, lm=lm)
-    assert reran == ["baseline", "set=p_max/en", "set=p_max/fr"]
+    assert reran == ["baseline", "set:p_max/en", "set:p_max/fr"]
 
 
 def test_cells_as_batch_rows_equal_cell_by_cell(tmp_path, tiny_model_dir, data_env, lm):
@@ -260,7 +261,7 @@ def test_real_model_grid(tmp_path, real_model_dir, monkeypatch):
     status = run_grid(cfg, log=lambda m: None)
     assert set(status.values()) == {"ran"} and len(status) == 3
     s = json.loads((tmp_path / "real" / "summary.json").read_text())
-    lss = s["lss"]["set=p_max"]
+    lss = s["lss"]["set:p_max"]
     assert 0.0 <= lss["mean_off_diagonal"] <= 1.0 and set(lss["matrix"]) == {"en", "zh", "fr"}
     ppl = [t for t in s["tables"] if t["family"] == "flores_ppl" and t["metric"] == "word_perplexity"][0]
     assert all(v > 1 for v in ppl["baseline"])

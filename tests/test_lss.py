@@ -150,7 +150,7 @@ def test_logs_equal_in_process_matrix_and_direct_scores(tmp_path, tiny_model_dir
     same LSS as the in-process matrix; the logged baseline margins equal a direct transformers scoring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lapeval.commands.lss import compute_matrix, load_lape, load_lss_tasks
+    from lapeval.lss import compute_matrix, load_lape, load_lss_tasks
 
     mask = _tiny_mask(tmp_path, tiny_model_dir)
     env = {**os.environ, "LAPEVAL_MLAMA_DIR": str(FACTS_DIR), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -22,7 +22,7 @@ def _mask(path, values=("p_max", "p_median")):
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    from lapeval.commands.lss import load_lape, load_lss_tasks
+    from lapeval.lss import load_lape, load_lss_tasks
 
     old = os.environ.get("LAPEVAL_MLAMA_DIR")
     os.environ["LAPEVAL_MLAMA_DIR"] = str(FACTS_DIR)
@@ -49,12 +49,12 @@ def test_default_candidates_and_parsing():
 
 
 def test_each_candidate_equals_compute_matrix_alone(setup):
-    from lapeval.commands.lss import compute_matrix
+    from lapeval.lss import compute_matrix
 
     lm, tasks, mask = setup
     targets = ["en", "fr", "ja"]
     logs = []
-    res = factor.search_factor(lm, tasks, targets, mask, factor.default_candidates(), limit=3, log=logs.append)
+    res = factor.search(lm, tasks, targets, mask, factor.default_candidates(), limit=3, log=logs.append)
     assert res["candidates"] == DEFAULT and "zero" in res["candidates"] and "set:tt_p10" in res["candidates"]
     assert sum(m.startswith("baseline:") for m in logs) == 1  # the baseline once, for all candidates
     assert res["sources"] == ["en", "fr", "ja"] and res["n_items"] == {"en": 3, "fr": 3, "ja": 3}
@@ -78,7 +78,7 @@ def test_each_candidate_equals_compute_matrix_alone(setup):
 def test_ties_go_to_the_earlier_candidate(setup):
     lm, tasks, mask = setup
     for order in (["add:0", "scale:1"], ["scale:1", "add:0"]):  # two no-ops: LSS 0 everywhere
-        res = factor.search_factor(lm, tasks, ["fr"], mask, order, limit=2, log=lambda m: None)
+        res = factor.search(lm, tasks, ["fr"], mask, order, limit=2, log=lambda m: None)
         assert res["table"] == {c: {"fr": 0.0} for c in order}
         assert res["best_per_target"]["fr"]["candidate"] == order[0] and res["best_overall"]["candidate"] == order[0]
 

@@ -47,10 +47,10 @@ def register(sub) -> None:
 
 def _check(args) -> int:
     from .._io import write_json
-    from ..check import CheckError, check, parse_tolerances
+    from ..check import CheckError, check
 
-    tol = parse_tolerances(args.tolerance, rel_tol=args.rel_tolerance, stderr_k=args.stderr_k)
-    cmp = check(args.results, args.against, tol, cells=args.cells, tasks=args.tasks, metrics=args.metrics)
+    cmp = check(args.results, args.against, args.tolerance, rel_tolerance=args.rel_tolerance, stderr_k=args.stderr_k,
+                cells=args.cells, tasks=args.tasks, metrics=args.metrics)
     print(f"comparing {cmp.results.path} with reference {cmp.reference.path}")
     for line in cmp.lines(verbose=args.verbose):
         print(line)

