@@ -34,6 +34,7 @@ _API = {
     "LapeLM": "lapeval.lm",
     "Setting": "lapeval.setting",
     "lss_matrix": "lapeval.lss",
+    "lss_layers": "lapeval.lss",
     "search_factor": "lapeval.factor",
     "GridConfig": "lapeval.grid",
     "run_grid": "lapeval.grid",

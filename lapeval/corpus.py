@@ -6,7 +6,8 @@ A SPEC is one or more sources joined by ``+`` (their texts are concatenated per 
   ``20231101``), field ``text``, streamed (the corpus of Tang et al. 2024).
 * ``hf:DATASET[:CONFIG[:SPLIT[:FIELD]]]`` — any hub dataset, streamed; ``{lang}`` / ``{flores}`` in CONFIG
   are replaced per language (e.g. ``hf:openlanguagedata/flores_plus:{flores}:dev:text``).
-* ``flores:DIR[:SPLIT]`` — a FLORES-200 directory: ``DIR/SPLIT/<flores code>.SPLIT`` (default devtest).
+* ``flores:DIR[:SPLIT]`` — a FLORES-200 directory: ``DIR/SPLIT/<flores code>.SPLIT`` (default ``dev``: the
+  ``flores_*`` tasks evaluate on ``devtest``, and asking for it here warns once that it overlaps them).
 * ``ntrex:DIR`` — NTREX-128: ``DIR/NTREX-128/newstest2019-ref.<code>.txt`` (English: the ``src`` file).
 * ``tico:DIR`` — TICO-19 test: ``DIR/tico19-test.<code>``.
 * ``files:PATTERN`` — local files, ``{lang}`` (ISO 639-1) or ``{flores}`` in PATTERN; ``.txt`` is one text
@@ -39,13 +40,18 @@ class Source:
     def __str__(self) -> str:
         return ":".join((self.kind, self.arg, *self.rest)).rstrip(":")
 
+    @property
+    def flores_split(self) -> str:
+        """``dev`` unless the spec names a split: the ``flores_*`` tasks evaluate on ``devtest``."""
+        return self.rest[0] if self.rest else "dev"
+
     # -- where a language's text is -------------------------------------------------------------
     def local_file(self, lang: str) -> Path | None:
         """The local file of ``lang`` for file-based sources (None: this source has no such language)."""
         L = get_language(lang)
         root = Path(self.arg)
         if self.kind == "flores":
-            split = self.rest[0] if self.rest else "devtest"
+            split = self.flores_split
             for p in (root / split / f"{L.flores}.{split}", root / f"{L.flores}.{split}"):
                 if p.is_file():
                     return p
@@ -88,10 +94,32 @@ def parse(spec: str) -> list[Source]:
         src = Source(kind, fields[0] if fields else "", tuple(fields[1:]))
         if kind in ("flores", "ntrex", "tico") and not Path(src.arg).is_dir():
             raise CorpusError(f"corpus directory {src.arg} does not exist (from {part!r})")
+        if kind == "flores":
+            _check_flores_split(src, part)
         sources.append(src)
     if not sources:
         raise CorpusError("empty corpus spec: give e.g. ntrex:DIR+tico:DIR or wikipedia")
     return sources
+
+
+_WARNED: set[str] = set()
+DEVTEST_OVERLAP = ("identifying on FLORES devtest, which the flores_* tasks (flores_ppl, flores_mt, lang_steer "
+                   "prompts) evaluate on: neurons found on the evaluation text; use flores:DIR (dev) for a clean split")
+
+
+def _check_flores_split(src: Source, part: str) -> None:
+    """``dev`` by default; ``devtest`` asked for explicitly warns once that it overlaps the evaluation."""
+    split = src.flores_split
+    if split == "devtest" and "devtest" not in _WARNED:
+        import warnings
+
+        _WARNED.add("devtest")
+        warnings.warn(DEVTEST_OVERLAP, UserWarning, stacklevel=3)
+    root = Path(src.arg)
+    if not ((root / split).is_dir() or any(root.glob(f"*.{split}"))):
+        raise CorpusError(f"{part}: no {split} split in {root} (looked for {root / split}/<code>.{split}); "
+                          f"FLORES identification reads dev by default, as the flores_* tasks evaluate on devtest; "
+                          f"name a split with flores:DIR:SPLIT")
 
 
 def check_languages(sources: list[Source], languages: list[str]) -> None:

@@ -178,7 +178,7 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
     win, and a target whose every mean is NaN gets ``None``.
     """
-    from .lss import baseline_loglikelihoods, compute_matrix
+    from .lss import compute_matrix, paired_baseline
     from .masks import NeuronMask
 
     mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
@@ -188,7 +188,7 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     parse_layers(layers, mask.n_layers)
     mask.check_model(len(lm.sites), lm.sites[0].d_ff)
 
-    base = baseline_loglikelihoods(lm, tasks, targets, limit=limit, log=log)
+    base = paired_baseline(lm, tasks, targets, limit=limit, log=log)
     matrices, table, overall, n_items, sources = {}, {}, {}, {}, list(tasks)
     for i, c in enumerate(cands, 1):
         t0 = time.time()
@@ -256,13 +256,13 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     """
     from . import __version__, models
     from .languages import parse_list
-    from .lss import check_sources, facts_env, facts_of, load_lape, load_lss_tasks
+    from .lss import loaded_for_lss, check_sources
     from .masks import NeuronMask
 
     # ---- everything that can be checked without the model or the data
     sources = parse_list(languages)
     tgts = parse_list(targets) if targets else sources
-    check_sources(sources)
+    check_sources(sources, facts)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: give a positive number of facts per source")
     if scales is not None:
@@ -276,23 +276,9 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     js, md, png = factor_paths(mask.path or neurons, out)
 
     started = time.time()
-    with facts_env(facts) as where:
-        tasks = load_lss_tasks(sources)
-        rows = {s: facts_of(task, limit) for s, task in tasks.items()}
-        for t in tgts:  # before the model: a target without objects is refused cheaply
-            if not any(d.get(f"obj_{t}") not in (None, "") for s, rs in rows.items() if s != t for _, d, _, _ in rs):
-                raise UsageError(f"target {t}: the facts ({where}) carry no {t} objects for the other sources, so LSS "
-                                 f"cannot score it: drop it from --targets")
-        if not any(s != t for s in sources for t in tgts):
-            raise UsageError("every (source, target) pair is on the diagonal: give at least two languages")
-        if isinstance(model, str):
-            lm, name = load_lape(model, batch_size, dtype, device), model
-        else:
-            lm, name = model, getattr(model, "_lape_name", None) or str(model.pretrained)
-        from .lss import keeping_setting
-
-        with keeping_setting(lm):
-            result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log)
+    # the facts are read and checked (every target has objects) before the model loads
+    with loaded_for_lss(model, mask, facts, batch_size, dtype, device, sources, tgts, limit) as (lm, name, where, tasks):
+        result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log)
     doc = {
         "model": name,
         **models.identity(name),

@@ -18,6 +18,10 @@ scored in one pass whose batches hold rows of several cells, each row with its o
 (:meth:`lapeval.lm.LapeLM.prefill`); the cells' lm-eval runs then read those answers. The baseline is
 never multiplexed (it stays bit-identical to ``hf``); multiplexed cells equal separate runs up to the
 floating-point noise of a different batch composition (as lm-eval's own batch-size noise).
+
+LSS is exact: the ``lss_*`` tasks are evaluated in an lm-eval call of their own in every cell and are never
+multiplexed (:func:`split_lss`), so a cell scores exactly the baseline's LSS requests in exactly its
+batches, and an intervention that changes no activation gives LSS 0.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class GridConfig:
     ci_resamples: int = 1000  # paired bootstrap of deltas to the baseline
     seed: int = 1234
     multiplex: str = "auto"  # auto (on for GPUs) | on | off
+    facts: str | None = None  # LSS facts: builtin, a folder (<lang>/test.jsonl), or None ($LAPEVAL_MLAMA_DIR / hub)
 
     def __post_init__(self) -> None:
         """Normalise and validate, whether built from YAML, from flags or directly in Python."""
@@ -186,6 +191,14 @@ class GridConfig:
                                     "number, tt_max / tt_p10, or a mask identified with statistics")
         if self.multiplex not in ("auto", "on", "off"):
             raise GridError(f"multiplex: {self.multiplex!r}: use auto, on or off")
+        lss_sources = [m.group(1) for t in self.tasks for m in [re.fullmatch(r"lss_([A-Za-z]{2,3})", t)] if m]
+        if lss_sources:  # every LSS source has facts (before anything loads)
+            from .lss import check_sources
+
+            try:
+                check_sources(lss_sources, self.facts)
+            except LapevalError as e:
+                raise GridError(f"tasks: {e}") from None
 
     # ---- cells ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -200,7 +213,8 @@ class GridConfig:
         k = {"model": self.model, "model_args": self.model_args, "tasks": self.tasks, "limit": self.limit,
              "num_fewshot": self.num_fewshot, "seed": self.seed, "batch_size": self.batch_size,
              "bootstrap_iters": self.bootstrap_iters, "cell": asdict(cell),
-             "neurons_sha256": mask_sha if cell.target else None}
+             "neurons_sha256": mask_sha if cell.target else None, "facts": self.facts,
+             "scoring": 2}  # 2: LSS tasks in a call of their own (split_lss)
         return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -277,20 +291,28 @@ def load_tasks(cfg: GridConfig):
     there, else with lm-eval's built-in index too; few-shot and seeds set as ``simple_evaluate`` does."""
     from .paths import tasks_path
 
+    from .lss import facts_env, lss_task_config
+
     include = [str(tasks_path()), *cfg.include_path]
     loaded = None
     tm = task_manager(include, defaults=False)
-    if all(t in tm.all_tasks for t in cfg.tasks):
-        try:
-            loaded = tm.load(cfg.tasks)
-        except Exception:  # noqa: BLE001 - e.g. a lapeval group over a built-in task: index the built-ins too
-            loaded = None
-    if loaded is None:
-        tm = task_manager(include, defaults=True)
-        unknown = [t for t in cfg.tasks if t not in tm.all_tasks]
-        if unknown:
-            raise GridError(f"unknown task(s) {', '.join(unknown)}: see `lapeval eval ls tasks` (or add include_path:)")
-        loaded = tm.load(cfg.tasks)
+
+    def specs(tm) -> list:  # an lss_<s> that lapeval does not ship is built on demand from the LSS template
+        return [lss_task_config(m.group(1)) if t not in tm.all_tasks and (m := re.fullmatch(r"lss_([A-Za-z]{2,3})", t))
+                else t for t in cfg.tasks]
+
+    with facts_env(cfg.facts):
+        if all(isinstance(t, dict) or t in tm.all_tasks for t in specs(tm)):
+            try:
+                loaded = tm.load(specs(tm))
+            except Exception:  # noqa: BLE001 - e.g. a lapeval group over a built-in task: index the built-ins too
+                loaded = None
+        if loaded is None:
+            tm = task_manager(include, defaults=True)
+            unknown = [t for t in specs(tm) if not isinstance(t, dict) and t not in tm.all_tasks]
+            if unknown:
+                raise GridError(f"unknown task(s) {', '.join(unknown)}: see `lapeval eval ls tasks` (or add include_path:)")
+            loaded = tm.load(specs(tm))
     for task in loaded["tasks"].values():  # as simple_evaluate does
         if cfg.num_fewshot is not None and task.get_config("num_fewshot") != 0:
             task.set_config(key="num_fewshot", value=cfg.num_fewshot)
@@ -360,10 +382,49 @@ def _setting(cfg: GridConfig, cell: Cell) -> dict:
     return {"neurons": cfg.neurons, "lang": cell.target, "mode": cell.mode, "value": cell.value, "layers": cell.layers}
 
 
+def split_lss(loaded) -> tuple[dict | None, dict | None]:
+    """The loaded tasks as (everything else, the LSS tasks), None for an empty part. LSS compares a cell's
+    margins with the baseline's and counts any strict growth, so its requests are scored in their own
+    lm-eval call in every cell: the same requests in the same batches whatever the other tasks or the
+    multiplexing, and an intervention that changes nothing gives LSS exactly 0."""
+    def is_lss(name: str) -> bool:
+        return re.fullmatch(r"lss_[A-Za-z_-]+", name) is not None
+
+    lss_groups = {g for g, grp in loaded.get("groups", {}).items()
+                  if grp.get_all_tasks() and all(is_lss(t.task_name) for t in grp.get_all_tasks())}
+    in_mixed = {t.task_name for g, grp in loaded.get("groups", {}).items() if g not in lss_groups
+                for t in grp.get_all_tasks()}
+    lss_tasks = {n for n in loaded["tasks"] if is_lss(n) and n not in in_mixed}
+    def part(keep_tasks: set, keep_groups: set) -> dict | None:
+        if not keep_tasks:
+            return None
+        return {"tasks": {n: t for n, t in loaded["tasks"].items() if n in keep_tasks},
+                "groups": {n: g for n, g in loaded.get("groups", {}).items() if n in keep_groups},
+                "group_map": {n: c for n, c in loaded.get("group_map", {}).items() if n in keep_groups}}
+
+    return (part(set(loaded["tasks"]) - lss_tasks, set(loaded.get("groups", {})) - lss_groups),
+            part(lss_tasks, lss_groups))
+
+
+def merge_results(a: dict, b: dict) -> dict:
+    """Two lm-eval ``evaluate`` results as one (their task-keyed sections joined)."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        elif isinstance(v, list) and isinstance(out.get(k), list):
+            out[k] = out[k] + v
+        elif k not in out:
+            out[k] = v
+    return out
+
+
 def _loglikelihood_requests(cfg: GridConfig, loaded) -> list:
-    """The log-likelihood requests of every task (built as ``evaluate`` will build them again per cell)."""
+    """The log-likelihood requests of every task but LSS (:func:`split_lss`), built as ``evaluate`` will
+    build them again per cell."""
     requests = []
-    for task in loaded["tasks"].values():
+    rest = split_lss(loaded)[0]
+    for task in (rest or {"tasks": {}})["tasks"].values():
         if task.get_config("output_type") in ("loglikelihood", "multiple_choice"):
             task.build_all_requests(limit=cfg.limit, rank=0, world_size=1)
             requests += [i for i in task.instances if i.request_type == "loglikelihood"]
@@ -383,8 +444,10 @@ def _run_cell(cfg: GridConfig, lm, loaded, cell: Cell, key: str, out: Path) -> N
         lm.set_intervention(**_setting(cfg, cell))
     _seed(cfg.seed)
     t0 = time.time()
-    res = evaluate(lm=lm, task_dict=loaded, limit=cfg.limit, bootstrap_iters=cfg.bootstrap_iters,
-                   log_samples=True, verbosity="WARNING")
+    res: dict = {}
+    for part in filter(None, split_lss(loaded)):  # LSS in a call of its own (exactness; see split_lss)
+        res = merge_results(res, evaluate(lm=lm, task_dict=part, limit=cfg.limit, bootstrap_iters=cfg.bootstrap_iters,
+                                          log_samples=True, verbosity="WARNING"))
     samples = res.pop("samples", {})
     res["config"] = {"model": "lape", "model_args": {"pretrained": cfg.model, **cfg.model_args, **(
         {k: v for k, v in _setting(cfg, cell).items() if v is not None} if cell.target else {})},

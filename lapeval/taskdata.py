@@ -155,9 +155,11 @@ def include(lapeval_config: str, **_):
     return _files_dataset({"test": _split_files(root, lapeval_config, "test", ENV["include"])})
 
 
-def mlama(lapeval_lang: str, **_):
-    """The parallel facts for LSS, config ``lapeval_lang`` (test), each row tagged ``src_lang``."""
-    root = local_dir("mlama")
+def mlama(lapeval_lang: str, lapeval_facts_dir: str | None = None, **_):
+    """The parallel facts for LSS, config ``lapeval_lang`` (test), each row tagged ``src_lang``; from
+    ``lapeval_facts_dir`` when a task names its folder (tasks made by ``lapeval lss tasks``), else as
+    ``LAPEVAL_MLAMA_DIR`` says, else the hub."""
+    root = Path(lapeval_facts_dir).expanduser() if lapeval_facts_dir else local_dir("mlama")
     if root is None:
         ds = _hub("mlama", lapeval_lang)
     else:

@@ -29,8 +29,13 @@ def test_shared_data_sources_in_order():
     assert first == (ntrex / "NTREX-128" / "newstest2019-src.eng.txt").read_text(encoding="utf-8").splitlines()[0]
     zh = list(corpus.texts(src, "zh"))
     assert len(zh) == 1997 + 2100  # NTREX zho-CN then TICO zh
-    assert list(corpus.texts(corpus.parse(f"flores:{flores}"), "ja"))[0] == \
+    with pytest.warns(UserWarning, match="overlaps|evaluate on"):  # devtest named explicitly: it is the evaluation text
+        corpus._WARNED.clear()
+        devtest = corpus.parse(f"flores:{flores}:devtest")
+    assert list(corpus.texts(devtest, "ja"))[0] == \
         (flores / "devtest" / "jpn_Jpan.devtest").read_text(encoding="utf-8").splitlines()[0]
+    with pytest.raises(corpus.CorpusError, match="no dev split"):  # the default split is dev, which this copy lacks
+        corpus.parse(f"flores:{flores}")
     with pytest.raises(corpus.CorpusError, match="no text for qu"):
         corpus.check_languages(src, ["en", "qu"])  # Quechua is only in FLORES
 

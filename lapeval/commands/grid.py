@@ -31,6 +31,7 @@ FLAGS = {
     "include_path": "extra task folders, comma-separated",
     "device": "cpu (default) or cuda",
     "multiplex": "cells as batch rows: auto (GPU only), on, off",
+    "facts": "LSS facts: builtin, or a folder with <lang>/test.jsonl (default $LAPEVAL_MLAMA_DIR, else the hub)",
 }
 
 

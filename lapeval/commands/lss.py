@@ -4,8 +4,10 @@
   the ``lss_*`` tasks (``--log_samples``), a baseline run and one run per amplified target language.
   RUN is a ``samples_lss_<s>_*.jsonl`` file or an output folder holding them.
 * ``lapeval lss matrix --model gemma-3-270m --neurons MASK --languages en,fr,zh``: the whole matrix in
-  one process with the ``lape`` model: the baseline margins once, then for each target t its neurons set
-  (``--mode set --value p_max`` by default) and only the two objects (s and t) of every fact re-scored.
+  one process with the ``lape`` model: for each target t its neurons set (``--mode set --value p_max`` by
+  default) and the two objects (s and t) of every fact scored, against a baseline of the same requests in
+  the same batches (an intervention that changes nothing gives exactly 0).
+* ``lapeval lss layers ...``: the same with one layer's neurons at a time: a layer × target table.
 * ``lapeval lss facts-dir``: the folder of lapeval's own parallel facts (MLAMA-dod-185 layout), for
   ``LAPEVAL_MLAMA_DIR``.
 
@@ -36,18 +38,31 @@ def register(sub) -> None:
     mx.add_argument("--out", help="write the matrix, its means and the settings as JSON here")
     mx.set_defaults(handler=_matrix)
 
+    ly = ls.add_parser("layers", help="per-layer LSS: each layer's neurons of the target alone (paper 2's layer analysis)")
+    add_run_args(ly, layers=False)
+    ly.add_argument("--mode", default="set", help="intervention mode (default set)")
+    ly.add_argument("--value", default="p_max", help="intervention value (default p_max)")
+    ly.add_argument("--out", help="write the table as JSON here (.json), with a heatmap (.png) and markdown (.md) beside it")
+    ly.set_defaults(handler=_layers)
+
+    tk = ls.add_parser("tasks", help="write lss_<s> task YAMLs for every language of a facts folder (for lm_eval --include_path)")
+    tk.add_argument("--facts", required=True, help="a folder in the MLAMA-dod-185 layout: <lang>/test.jsonl, or 'builtin'")
+    tk.add_argument("--out", required=True, help="the folder to write the task YAMLs into")
+    tk.set_defaults(handler=_tasks)
+
     fd = ls.add_parser("facts-dir", help="print the folder of lapeval's parallel facts (for LAPEVAL_MLAMA_DIR)")
     fd.set_defaults(handler=_facts_dir)
 
 
-def add_run_args(p) -> None:
-    """The options of an in-process LSS run (``lss matrix``, ``search-factor``): model, mask, languages,
-    facts, sizes."""
+def add_run_args(p, layers: bool = True) -> None:
+    """The options of an in-process LSS run (``lss matrix``, ``lss layers``, ``search-factor``): model, mask,
+    languages, facts, sizes."""
     p.add_argument("--model", required=True, help="a known model name (gemma-3-270m), a local folder or a hub id")
     p.add_argument("--neurons", required=True, help="the neuron mask (.safetensors)")
     p.add_argument("--languages", required=True, help="source languages, comma-separated (lss_<s> tasks)")
     p.add_argument("--targets", help="amplified target languages (default: --languages)")
-    p.add_argument("--layers", help="layers to intervene in (default all), e.g. 0-5 or 0+3+17")
+    if layers:
+        p.add_argument("--layers", help="layers to intervene in (default all), e.g. 0-5 or 0+3+17")
     p.add_argument("--facts", help="'builtin' (lapeval's own facts) or a folder in the MLAMA-dod-185 layout; "
                                    "default $LAPEVAL_MLAMA_DIR, else the hub dataset")
     p.add_argument("--limit", type=int, help="first N facts per source language")
@@ -100,4 +115,24 @@ def _matrix(args) -> int:
                         value=args.value, layers=args.layers, limit=args.limit, batch_size=args.batch_size,
                         dtype=args.dtype, device=args.device, log=lambda m: print(m, file=sys.stderr))
     _report(result, args.out)
+    return 0
+
+
+def _layers(args) -> int:
+    from ..lss import format_layers, lss_layers
+
+    result = lss_layers(args.model, args.neurons, args.languages, args.targets, args.facts, mode=args.mode,
+                        value=args.value, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype,
+                        device=args.device, out=args.out, log=lambda m: print(m, file=sys.stderr))
+    print(format_layers(result))
+    if args.out:
+        print(f"wrote {args.out} and its .png / .md", file=sys.stderr)
+    return 0
+
+
+def _tasks(args) -> int:
+    from ..lss import write_lss_tasks
+
+    for path in write_lss_tasks(args.facts, args.out):
+        print(path)
     return 0
