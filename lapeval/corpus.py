@@ -64,7 +64,7 @@ class Source:
             p = root / f"tico19-test.{L.tico}"
             return p if L.tico and p.is_file() else None
         if self.kind == "files":
-            p = Path(self.arg.format(lang=L.code, flores=L.flores))
+            p = Path(_fill(self.arg, L))
             return p if p.is_file() else None
         return None
 
@@ -154,6 +154,12 @@ def _read_local(path: Path) -> Iterator[str]:
                 yield line.rstrip("\n")
 
 
+def _fill(pattern: str, L) -> str:
+    """``pattern`` with ``{lang}`` and ``{flores}`` filled; the FLORES code is only asked for when the
+    pattern names it (a language outside lapeval's table has none: a one-line error then)."""
+    return pattern.format(lang=L.code, flores=L.flores if "{flores" in pattern else "")
+
+
 def _read_hub(src: Source, lang: str) -> Iterator[str]:
     from datasets import load_dataset
 
@@ -162,7 +168,7 @@ def _read_hub(src: Source, lang: str) -> Iterator[str]:
         name, config, split, field = "wikimedia/wikipedia", f"{src.arg or '20231101'}.{L.code}", "train", "text"
     else:
         name = src.arg
-        config = src.rest[0].format(lang=L.code, flores=L.flores) if len(src.rest) > 0 and src.rest[0] else None
+        config = _fill(src.rest[0], L) if len(src.rest) > 0 and src.rest[0] else None
         split = src.rest[1] if len(src.rest) > 1 else "train"
         field = src.rest[2] if len(src.rest) > 2 else "text"
     try:

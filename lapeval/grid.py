@@ -103,6 +103,8 @@ class GridConfig:
     seed: int = 1234
     multiplex: str = "auto"  # auto (on for GPUs) | on | off
     facts: str | None = None  # LSS facts: builtin, a folder (<lang>/test.jsonl), or None ($LAPEVAL_MLAMA_DIR / hub)
+    # {task or glob: language} for tasks no rule covers (the summary's self/cross split; given to the model)
+    lang_map: dict | str | None = None
 
     def __post_init__(self) -> None:
         """Normalise and validate, whether built from YAML, from flags or directly in Python."""
@@ -121,6 +123,11 @@ class GridConfig:
             self.model_args = {}
         if not isinstance(self.model_args, dict):
             raise GridError(f"model_args: {self.model_args!r}: give a mapping (dtype: bfloat16) or key=value,key=value")
+        if "lang_map" in self.model_args:
+            if self.lang_map is not None:
+                raise GridError("lang_map: given both as a grid key and in model_args: give it once (lang_map:)")
+            self.lang_map = self.model_args.pop("lang_map")
+        self.lang_map = _parse_lang_map(self.lang_map)
         if self.interventions is None:
             self.interventions = [{"mode": "set", "value": "p_max", "layers": None}]
         self.interventions = [_parse_intervention(x) for x in _listify(self.interventions)]
@@ -229,6 +236,17 @@ def _listify(x) -> list:
     if not isinstance(x, (list, tuple)):
         raise GridError(f"interventions: {x!r}: give a list of MODE[:VALUE][@LAYERS] strings or mappings")
     return list(x)
+
+
+def _parse_lang_map(spec) -> dict | None:
+    """``lang_map:`` as a mapping or ``PATTERN:LANG;...`` → ``{pattern: code or None}`` (None when empty)."""
+    from .languages import LangMap, LangMapError
+
+    try:
+        lmap = LangMap.parse(spec)
+    except LangMapError as e:
+        raise GridError(str(e)) from None
+    return lmap.to_dict() if lmap else None
 
 
 def _parse_kv(s: str) -> dict:
@@ -355,7 +373,8 @@ def run_grid(cfg: GridConfig, log=print, lm=None) -> dict:
         if lm is None:
             from .lm import LapeLM
 
-            lm = LapeLM(pretrained=cfg.model, device=cfg.device, batch_size=cfg.batch_size, **cfg.model_args)
+            lm = LapeLM(pretrained=cfg.model, device=cfg.device, batch_size=cfg.batch_size, lang_map=cfg.lang_map,
+                        **cfg.model_args)
         log(f"grid: model and {len(loaded['tasks'])} task(s) loaded in {time.time() - started:.0f}s")
         multiplex = cfg.multiplex == "on" or (cfg.multiplex == "auto" and str(lm.device).startswith("cuda"))
         bar = tqdm(todo, desc="grid cells", unit="cell")

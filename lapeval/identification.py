@@ -22,21 +22,22 @@ COLLECT_DEFAULTS = dict(max_tokens=100_000, n_sentences=100, max_length=512, bat
 METHODS = ("lape", "language-activated")
 
 
-def stats_meta(model_name: str, model, languages: Sequence[str], corpus: str, dtype: str) -> dict:
+def stats_meta(model_name: str, model, languages: Sequence[str], corpus: str, dtype: str, sites=None,
+               site: str | None = None) -> dict:
     """The provenance a STATS file (and the masks selected from it) records: model identity, site, corpus."""
     from .models import identity
     from .sites import find_sites
 
-    sites = find_sites(model)
-    site = sites[0].name.replace(".0.", ".{layer}.", 1)
+    sites = sites or find_sites(model, site=site)
+    site_name = site or sites[0].name.replace(".0.", ".{layer}.", 1)
     return {
         **identity(model_name),
         "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
         "model_type": getattr(model.config, "model_type", ""),
         "n_layers": len(sites),
         "d_ff": sites[0].d_ff,
-        "site": {"module": site, "output_of": type(sites[0].module).__name__, "gated": sites[0].gated,
-                 "activated": "activation > 0"},
+        "site": {"module": site_name, "output_of": type(sites[0].module).__name__, "gated": sites[0].gated,
+                 "activated": "activation > 0", "found": "named by the user" if site else "from module structure"},
         "languages": list(languages),
         "corpus": corpus,
         "dtype": dtype,
@@ -52,14 +53,15 @@ def _check_sizes(**sizes: int) -> None:
 
 def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_000, n_sentences: int = 100,
             max_length: int = 512, batch_tokens: int = 8192, batch_size: int = 64, dtype: str = "float32",
-            device: str | None = None, progress: bool = True, log=print):
+            device: str | None = None, site: str | None = None, progress: bool = True, log=print):
     """Activation statistics of ``model`` on ``corpus`` for each of ``languages``, written to ``out`` (a STATS
     safetensors file; a killed run resumes from ``<out>.parts/``). Returns the :class:`~lapeval.stats.Stats`.
 
     ``model``: a known name (``gemma-3-270m``), a local folder or a hub id; ``languages``: codes
     (``"en,zh"`` or a list); ``corpus``: a corpus spec (:mod:`lapeval.corpus`, e.g.
     ``ntrex:DIR+tico:DIR`` or :func:`lapeval.paths.bundled_corpus`). ``max_tokens`` is exact per
-    language; only the decoder stack runs.
+    language; only the decoder stack runs. ``site``: the neuron site as a module path with ``{layer}``
+    (``model.layers.{layer}.mlp.act_fn``) for architectures the structural finder does not know.
 
     Example::
 
@@ -78,10 +80,13 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     _check_sizes(max_tokens=max_tokens, n_sentences=n_sentences, max_length=max_length,
                  batch_tokens=batch_tokens, batch_size=batch_size)
     net, tok = load(model, dtype, device)
+    from .sites import find_sites
+
+    sites = find_sites(net, site=site)
     cfg = CollectConfig(max_tokens, n_sentences, max_length, batch_tokens, batch_size)
-    meta = stats_meta(model, net, langs, corpus, dtype)
+    meta = stats_meta(model, net, langs, corpus, dtype, sites=sites, site=site)
     return collect_stats(net, tok, langs, lambda lang: corpora.texts(sources, lang), Path(out), cfg, meta,
-                         progress=progress, log=log)
+                         progress=progress, log=log, sites=sites)
 
 
 def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
@@ -137,7 +142,7 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
              method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
              activation_bar_ratio: float = 0.95, n_sentences: int = 100, max_length: int = 512,
              batch_tokens: int = 8192, batch_size: int = 64, dtype: str = "float32", device: str | None = None,
-             plot: bool = False, progress: bool = True, log=print):
+             site: str | None = None, plot: bool = False, progress: bool = True, log=print):
     """:func:`collect` then :func:`select`: the language neurons of ``model`` as a
     :class:`~lapeval.masks.NeuronMask`, saved to ``out`` (``.safetensors``) when given, with its statistics
     in ``stats_out`` (default beside ``out``; without ``out``, in a temporary folder). ``plot=True`` also
@@ -157,7 +162,7 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
     if method not in METHODS:
         raise UsageError(f"unknown selection method {method!r}: use {' or '.join(METHODS)}")
     kw = dict(max_tokens=max_tokens, n_sentences=n_sentences, max_length=max_length, batch_tokens=batch_tokens,
-              batch_size=batch_size, dtype=dtype, device=device, progress=progress, log=log)
+              batch_size=batch_size, dtype=dtype, device=device, site=site, progress=progress, log=log)
     if out is None and stats_out is None:
         with tempfile.TemporaryDirectory(prefix="lapeval-stats-") as tmp:
             stats = collect(model, languages, corpus, Path(tmp) / "stats.safetensors", **kw)

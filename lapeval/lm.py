@@ -7,7 +7,13 @@
 * ``neurons``: a lapeval mask file; without it ``lape`` *is* ``hf`` (same code path, no hooks).
 * ``lang``: one code, several joined by ``+`` (``en+zh``), ``all`` (every language of the mask), or ``self``:
   each request gets the neurons of its own task's language (:func:`lapeval.languages.task_language` of
-  ``Instance.task_name``), requests being grouped per language, so a whole self-language row is one run.
+  ``Instance.task_name`` and of that task's ``metadata.lapeval_language``), requests being grouped per
+  language, so a whole self-language row is one run. Works on lm-eval's own multilingual tasks too
+  (``--tasks belebele,xnli,xstorycloze``). A request whose task has no known language, or a language the
+  mask lacks, runs unmodified and is counted per task under ``config.lape.intervention.unmodified``.
+* ``lang_map``: languages for tasks no rule covers (or overriding one), ``PATTERN:LANG`` pairs joined by
+  ``;`` (lm-eval splits model arguments on commas): ``lang_map=kmmlu*:ko;mgsm_en_cot_*:none``; a dict
+  from Python (:class:`lapeval.languages.LangMap`).
 * ``mode`` / ``value`` / ``layers``: the operation of :mod:`lapeval.intervene` (zero | set | scale | add
   with a number, ``p_max``, ``p_median``, ``tt_max`` or ``tt_p10``), in all layers or a subset.
 
@@ -30,6 +36,7 @@ Python API for grids: one instance, many settings, no reload::
 
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable
@@ -42,6 +49,7 @@ from lm_eval.models.huggingface import HFLM
 
 from . import __version__, models
 from .intervene import Intervention, intervene
+from .languages import LangMap
 from .setting import LapeConfigError, Setting, build_setting, cache_identity, route  # noqa: F401 (re-exported)
 from .sites import find_sites
 
@@ -64,15 +72,16 @@ class LapeLM(HFLM):
     """
 
     def __init__(self, pretrained, neurons=None, lang=None, mode=None, value=None, layers=None,
-                 device: str | None = None, **kwargs) -> None:
-        build_setting(neurons, lang, mode, value, layers)  # fail fast, before loading the model
+                 lang_map=None, site: str | None = None, device: str | None = None, **kwargs) -> None:
+        build_setting(neurons, lang, mode, value, layers, lang_map=lang_map)  # fail fast, before loading the model
+        self.lang_map: LangMap | None = LangMap.parse(lang_map)  # the default of set_intervention
         self._lape_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
             pretrained = models.resolve(pretrained)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         super().__init__(pretrained=pretrained, device=device, **kwargs)
-        self.sites = find_sites(self.model)
+        self.sites = find_sites(self.model, site=site)  # site=: a module path with {layer}, else structural
         self._lape: Setting | None = None
         self._lape_db = None
         self._lape_session = None
@@ -80,9 +89,11 @@ class LapeLM(HFLM):
         self.set_intervention(neurons=neurons, lang=lang, mode=mode, value=value, layers=layers)
 
     # ---- the Python API ---------------------------------------------------------------------------
-    def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None) -> None:
-        """Switch the intervention (no reload). ``neurons=None`` clears it."""
-        self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), self.sites[0].d_ff)
+    def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None, lang_map=None) -> None:
+        """Switch the intervention (no reload). ``neurons=None`` clears it. ``lang_map``: for ``lang=self``
+        (default: the model's own, :attr:`lang_map`)."""
+        self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), self.sites[0].d_ff,
+                                   lang_map=self.lang_map if lang_map is None else lang_map)
 
     def clear_intervention(self) -> None:
         self._lape = None
@@ -98,6 +109,8 @@ class LapeLM(HFLM):
     def describe_intervention(self) -> dict:
         d = {"lapeval_version": __version__, "model": models.identity(self._lape_name or str(self.pretrained))}
         d["intervention"] = None if self._lape is None else self._lape.describe()
+        if self.lang_map:
+            d["lang_map"] = self.lang_map.to_dict()
         return d
 
     def get_model_info(self) -> dict:
@@ -117,8 +130,9 @@ class LapeLM(HFLM):
         return self._run("generate_until", requests, lambda r: HFLM.generate_until(self, r, disable_tqdm=disable_tqdm))
 
     def _groups(self, requests) -> list[tuple[tuple[str, ...] | None, list[int]]]:
-        """Requests grouped by the languages whose neurons they run with (None: no intervention)."""
-        return route(self._lape, [getattr(r, "task_name", None) for r in requests])
+        """Requests grouped by the languages whose neurons they run with (None: no intervention); each
+        task's config metadata as its requests' task noted it (:func:`_note_task`)."""
+        return route(self._lape, [getattr(r, "task_name", None) for r in requests], TASK_METADATA)
 
     def _run(self, attr: str, requests, call: Callable[[list], list]) -> list:
         db = self._lape_db
@@ -240,6 +254,54 @@ class LapeLM(HFLM):
             _guard(db)
         self._lape_db = db
         super().set_cache_hook(cache_hook)
+
+
+# ---- each task's own config, for lang=self ---------------------------------------------------------
+# lm-eval requests (Instance) carry only their task's name, yet lang=self must read the task's own config
+# (metadata.lapeval_language). The task objects are built by whoever called lm-eval (the CLI, simple_evaluate,
+# evaluate with a loaded task dict, a grid, an --include_path override of a built-in task) and never reach
+# the model. Looking a name up again through a TaskManager would cost a full index (10-25 s) and, worse,
+# find lm-eval's built-in definition instead of the override actually evaluated. On every path, though,
+# each task builds its requests with Task.build_all_requests (evaluator.py, and lapeval's grid prefill)
+# right before they reach the model; wrapping that one method to note each task's metadata by name gives
+# exactly the definition whose requests follow (a later definition of the same name replaces it).
+TASK_METADATA: dict[str, dict] = {}
+
+
+def _note_task(task) -> None:
+    """Remember ``task``'s ``metadata.lapeval_language`` under its name (forget a name without one)."""
+    try:
+        name = task.task_name if hasattr(task, "task_name") else task.config.task
+        meta = getattr(task.config, "metadata", None)
+    except Exception:  # noqa: BLE001 - a task class lm-eval does not know: nothing to note
+        return
+    if not isinstance(name, str):
+        return
+    value = meta.get("lapeval_language") if isinstance(meta, dict) else None
+    if value is None:
+        TASK_METADATA.pop(name, None)
+    else:
+        TASK_METADATA[name] = {"lapeval_language": value}
+
+
+def _watch_tasks() -> None:
+    """Wrap ``Task.build_all_requests`` once so that every task notes its metadata before its requests run."""
+    from lm_eval.api.task import Task
+
+    original = Task.build_all_requests
+    if getattr(original, "_lapeval_notes_tasks", False):
+        return
+
+    @functools.wraps(original)
+    def build_all_requests(self, *args, **kwargs):
+        _note_task(self)
+        return original(self, *args, **kwargs)
+
+    build_all_requests._lapeval_notes_tasks = True
+    Task.build_all_requests = build_all_requests
+
+
+_watch_tasks()
 
 
 # ---- the guarded cache database -------------------------------------------------------------------

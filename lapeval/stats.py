@@ -391,7 +391,7 @@ def parts_dir(out: Path) -> Path:
 
 
 def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, cfg: CollectConfig,
-            meta: dict | None = None, progress: bool = True, log=print) -> Stats:
+            meta: dict | None = None, progress: bool = True, log=print, sites: list[Site] | None = None) -> Stats:
     """Collect every language into the STATS file ``out``. Each finished language is kept in
     ``<out>.parts/<lang>.safetensors``; a rerun with the same settings skips those (resume)."""
     out = Path(out)
@@ -399,7 +399,7 @@ def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, c
     key = run_key(meta, cfg)
     parts = parts_dir(out)
     rank, world = rank_world()
-    sites = find_sites(model)
+    sites = sites or find_sites(model)
     per_lang: dict[str, LanguageStats] = {}
     for i, lang in enumerate(languages):
         part = parts / f"{lang}.safetensors"

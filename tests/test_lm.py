@@ -106,13 +106,20 @@ def test_self_routing_equals_per_language_runs(lm, tiny_mask):
         alone = lm.loglikelihood([r for r in reqs if r.task_name == task])
         assert [routed[i] for i, r in enumerate(reqs) if r.task_name == task] == alone
     assert lm.get_model_info()["lape"]["intervention"]["lang"] == ["vi"]
+    # a task in a language the mask lacks, or in none: unmodified (as hf) and reported, never mixed in
+    bad = [Instance("loglikelihood", {}, ("a", " b"), 0, ("xcopa_th", 0, 1)),
+           Instance("loglikelihood", {}, ("a", " b"), 1, ("arc_easy", 0, 1))]
+    lm.clear_intervention()
+    plain = lm.loglikelihood(bad)
     lm.set_intervention(neurons=tiny_mask, lang="self", mode="zero")
-    bad = [Instance("loglikelihood", {}, ("a", " b"), 0, ("xcopa_th", 0, 1))]
+    assert lm.loglikelihood(bad) == plain
+    unmodified = lm.get_model_info()["lape"]["intervention"]["unmodified"]
+    assert unmodified["xcopa_th"] == {"requests": 1, "reason": "th not in mask"}
+    assert unmodified["arc_easy"]["requests"] == 1 and "lang_map=" in unmodified["arc_easy"]["reason"]
     with pytest.raises(MaskError, match=r"task xcopa_th is in th, which the mask has no neurons for \(it has: en, id, vi\)"):
-        lm.loglikelihood(bad)
-    bad[0].task_name = "arc_easy"
+        lm.intervention.language_of("xcopa_th")  # the strict form still explains
     with pytest.raises(LapeConfigError, match="names no language"):
-        lm.loglikelihood(bad)
+        lm.intervention.language_of("arc_easy")
     lm.clear_intervention()
 
 

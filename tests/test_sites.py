@@ -120,3 +120,46 @@ def test_gemma3_real_model_site(real_model):
         expected = torch.nn.functional.gelu(sites[5].container.gate_proj(x), approximate="tanh")
     torch.testing.assert_close(a, expected, rtol=1e-6, atol=1e-6)
     assert a.shape == (1, ids.shape[1], 2048)
+
+
+@pytest.mark.parametrize("family, pattern", [("llama", "model.layers.{layer}.mlp.act_fn"),
+                                             ("gpt2", "transformer.h.{layer}.mlp.act"),
+                                             ("opt", "model.decoder.layers.{layer}.activation_fn")])
+def test_user_named_site_equals_the_structural_one(family, pattern):
+    model = tiny_model(family)
+    auto = find_sites(model)
+    named = find_sites(model, site=pattern)
+    assert [(s.layer, s.name, s.d_ff, s.gated) for s in named] == [(s.layer, s.name, s.d_ff, s.gated) for s in auto]
+    assert all(a.module is n.module for a, n in zip(auto, named))
+
+
+@pytest.mark.parametrize("pattern, expect", [
+    ("model.layers.{layer}.mlp.actfn", "layer 0 has no module model.layers.0.mlp.actfn (model.layers.0.mlp holds: "
+                                       "gate_proj, up_proj, down_proj, act_fn)"),
+    ("model.layers.0.mlp.act_fn", "put {layer} where the layer number goes"),
+])
+def test_bad_site_pattern_is_one_line_naming_what_is_there(pattern, expect):
+    with pytest.raises(UnsupportedModelError) as e:
+        find_sites(tiny_model("llama"), site=pattern)
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_identify_with_a_named_site(tmp_path, tiny_model_dir):
+    import lapeval
+
+    corpus = tmp_path / "{lang}.txt"
+    for lang, text in (("en", "the cat sat on the mat"), ("fr", "le chat est sur le tapis")):
+        (tmp_path / f"{lang}.txt").write_text("\n".join([text] * 30))
+    mask = lapeval.identify(str(tiny_model_dir), ["en", "fr"], f"files:{corpus}", max_tokens=200, n_sentences=5,
+                            site="model.layers.{layer}.mlp.act_fn", progress=False, log=lambda _: None)
+    assert mask.meta["site"]["module"] == "model.layers.{layer}.mlp.act_fn"
+    assert mask.meta["site"]["found"] == "named by the user" and (mask.n_layers, mask.d_ff) == (2, 48)
+
+
+def test_lape_model_takes_a_named_site(tiny_model_dir):
+    from lapeval.lm import LapeLM
+
+    lm = LapeLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=2, site="model.layers.{layer}.mlp.act_fn")
+    assert [s.name for s in lm.sites] == ["model.layers.0.mlp.act_fn", "model.layers.1.mlp.act_fn"]
+    with pytest.raises(UnsupportedModelError, match="has no module model.layers.0.mlp.nope"):
+        LapeLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=2, site="model.layers.{layer}.mlp.nope")

@@ -32,6 +32,7 @@ FLAGS = {
     "device": "cpu (default) or cuda",
     "multiplex": "cells as batch rows: auto (GPU only), on, off",
     "facts": "LSS facts: builtin, or a folder with <lang>/test.jsonl (default $LAPEVAL_MLAMA_DIR, else the hub)",
+    "lang_map": "languages of tasks no rule covers, PATTERN:LANG;... (e.g. kmmlu*:ko;xnli_va:ca), for the self/cross split",
 }
 
 

@@ -24,6 +24,8 @@ def _collect_args(p) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass (default 64)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--site", default=None, help="the neuron site as a module path with {layer}, e.g. "
+                   "model.layers.{layer}.mlp.act_fn (default: found from the module structure)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -61,7 +63,7 @@ def register(sub) -> None:
 def _collect_kwargs(args) -> dict:
     return dict(max_tokens=args.max_tokens, n_sentences=args.n_sentences, max_length=args.max_length,
                 batch_tokens=args.batch_tokens, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                progress=not args.no_progress)
+                site=args.site, progress=not args.no_progress)
 
 
 def _select_kwargs(args) -> dict:

@@ -108,12 +108,17 @@ def _score(args) -> int:
     return 0
 
 
+def _run_kwargs(args) -> dict:
+    """The keywords ``lss matrix`` and ``lss layers`` pass on unchanged (the API's names are the flags')."""
+    return dict(mode=args.mode, value=args.value, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype,
+                device=args.device, log=lambda m: print(m, file=sys.stderr))
+
+
 def _matrix(args) -> int:
     from ..lss import lss_matrix
 
-    result = lss_matrix(args.model, args.neurons, args.languages, args.targets, args.facts, mode=args.mode,
-                        value=args.value, layers=args.layers, limit=args.limit, batch_size=args.batch_size,
-                        dtype=args.dtype, device=args.device, log=lambda m: print(m, file=sys.stderr))
+    result = lss_matrix(args.model, args.neurons, args.languages, args.targets, args.facts, layers=args.layers,
+                        **_run_kwargs(args))
     _report(result, args.out)
     return 0
 
@@ -121,9 +126,8 @@ def _matrix(args) -> int:
 def _layers(args) -> int:
     from ..lss import format_layers, lss_layers
 
-    result = lss_layers(args.model, args.neurons, args.languages, args.targets, args.facts, mode=args.mode,
-                        value=args.value, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype,
-                        device=args.device, out=args.out, log=lambda m: print(m, file=sys.stderr))
+    result = lss_layers(args.model, args.neurons, args.languages, args.targets, args.facts, out=args.out,
+                        **_run_kwargs(args))
     print(format_layers(result))
     if args.out:
         print(f"wrote {args.out} and its .png / .md", file=sys.stderr)

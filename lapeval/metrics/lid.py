@@ -47,6 +47,8 @@ def _load(path: str):
 
 def _to_code(label: str) -> str:
     raw = label.removeprefix("__label__")
+    if "_" not in raw:  # lid.176 labels are Wikipedia codes (als = Alemannic, not ISO's Tosk Albanian):
+        return languages.table_code(raw) or raw  # only the table's own spellings are read
     try:
         return languages.normalize(raw)
     except ValueError:
