@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .errors import UsageError
 from .operation import InterventionError, Operation, parse_layers, parse_spec
 
 DEFAULT_CANDIDATES = ("set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero")
@@ -132,16 +131,6 @@ def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[st
 
 
 # ------------------------------------------------------------------------------------------ search
-def _nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
-
-
 def _best(scores: list[tuple[str, float]]) -> tuple[str, float] | None:
     """The first (label, score) with the highest score, NaN skipped; None when every score is NaN."""
     best = None
@@ -255,24 +244,16 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
         doc["best_per_target"]["fr"]["candidate"]
     """
     from . import __version__, models
-    from .languages import parse_list
-    from .lss import loaded_for_lss, check_sources
-    from .masks import NeuronMask
+    from .lss import check_inputs, loaded_for_lss
 
     # ---- everything that can be checked without the model or the data
-    sources = parse_list(languages)
-    tgts = parse_list(targets) if targets else sources
-    check_sources(sources, facts)
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit}: give a positive number of facts per source")
+    sources, tgts, mask = check_inputs(neurons, languages, targets, None, None, layers, limit, facts)
     if scales is not None:
         scale_list = parse_scales(scales) if isinstance(scales, str) else [float(c) for c in scales]
     else:
         scale_list = list(DEFAULT_SCALES) if candidates is None else []
     cands = build_candidates(candidates, scale_list)
-    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
     check_candidates(cands, mask, tgts)
-    parse_layers(layers, mask.n_layers)
     js, md, png = factor_paths(mask.path or neurons, out)
 
     started = time.time()
@@ -310,10 +291,10 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
 
 def write_results(doc: dict, result: dict, model: str, mask, js: Path, md: Path, png: Path) -> None:
     """The search's JSON document, markdown table and heatmap, each written atomically."""
-    from ._io import write_json, write_text
+    from ._io import json_safe, write_json, write_text
 
     title = f"LSS factor search: {model}, mask {Path(str(mask.path or 'unsaved')).name}"
-    write_json(js, _nan_to_none(doc))
+    write_json(js, json_safe(doc))
     write_text(md, format_markdown(result, title))
     plot_table(result, png, title=f"{model}: mean LSS over s ≠ t")
 

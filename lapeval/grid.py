@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import LapevalError
-from .operation import InterventionError, Operation, file_name, parse_spec, spec_label
+from .operation import InterventionError, Operation, file_name, format_value, parse_spec, spec_label
 
 FORMAT = "lapeval.grid"
 
@@ -133,7 +133,7 @@ class GridConfig:
         self.interventions = [_parse_intervention(x) for x in _listify(self.interventions)]
         if not self.model or not self.tasks:
             raise GridError("a grid needs model: and tasks: (in the YAML file or as --model / --tasks)")
-        for key, kind in (("batch_size", int), ("bootstrap_iters", int), ("ci_resamples", int), ("seed", int)):
+        for key in ("batch_size", "bootstrap_iters", "ci_resamples", "seed"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise GridError(f"{key}: {v!r} is not an integer")
@@ -198,10 +198,10 @@ class GridConfig:
                                     "number, tt_max / tt_p10, or a mask identified with statistics")
         if self.multiplex not in ("auto", "on", "off"):
             raise GridError(f"multiplex: {self.multiplex!r}: use auto, on or off")
-        lss_sources = [m.group(1) for t in self.tasks for m in [re.fullmatch(r"lss_([A-Za-z]{2,3})", t)] if m]
-        if lss_sources:  # every LSS source has facts (before anything loads)
-            from .lss import check_sources
+        from .lss import check_sources, lss_source
 
+        lss_sources = [s for t in self.tasks if (s := lss_source(t))]
+        if lss_sources:  # every LSS source has facts (before anything loads)
             try:
                 check_sources(lss_sources, self.facts)
             except LapevalError as e:
@@ -266,13 +266,8 @@ def _parse_intervention(x) -> dict:
         op, layers = parse_spec(x)
     except InterventionError as e:
         raise GridError(str(e)) from None
-    return {"mode": op.mode, "value": None if op.value is None else _value_text(op.value), "layers": layers}
+    return {"mode": op.mode, "value": None if op.value is None else format_value(op.value), "layers": layers}
 
-
-def _value_text(v) -> str:
-    from .operation import format_value
-
-    return format_value(v)
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -309,15 +304,14 @@ def load_tasks(cfg: GridConfig):
     there, else with lm-eval's built-in index too; few-shot and seeds set as ``simple_evaluate`` does."""
     from .paths import tasks_path
 
-    from .lss import facts_env, lss_task_config
+    from .lss import facts_env, lss_source, lss_task_config
 
     include = [str(tasks_path()), *cfg.include_path]
     loaded = None
     tm = task_manager(include, defaults=False)
 
     def specs(tm) -> list:  # an lss_<s> that lapeval does not ship is built on demand from the LSS template
-        return [lss_task_config(m.group(1)) if t not in tm.all_tasks and (m := re.fullmatch(r"lss_([A-Za-z]{2,3})", t))
-                else t for t in cfg.tasks]
+        return [lss_task_config(s) if t not in tm.all_tasks and (s := lss_source(t)) else t for t in cfg.tasks]
 
     with facts_env(cfg.facts):
         if all(isinstance(t, dict) or t in tm.all_tasks for t in specs(tm)):
@@ -406,8 +400,10 @@ def split_lss(loaded) -> tuple[dict | None, dict | None]:
     margins with the baseline's and counts any strict growth, so its requests are scored in their own
     lm-eval call in every cell: the same requests in the same batches whatever the other tasks or the
     multiplexing, and an intervention that changes nothing gives LSS exactly 0."""
+    from .lss import lss_source
+
     def is_lss(name: str) -> bool:
-        return re.fullmatch(r"lss_[A-Za-z_-]+", name) is not None
+        return lss_source(name) is not None
 
     lss_groups = {g for g, grp in loaded.get("groups", {}).items()
                   if grp.get_all_tasks() and all(is_lss(t.task_name) for t in grp.get_all_tasks())}

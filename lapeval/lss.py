@@ -14,6 +14,7 @@ lm-eval's ``lss_*`` tasks score the same strings. :mod:`lapeval.metrics.lss` hol
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,15 @@ def lss_sources() -> set[str]:
     from .paths import tasks_path
 
     return {p.stem[len("lss_"):] for p in tasks_path().rglob("lss_*.yaml")}
+
+
+LSS_TASK = re.compile(r"lss_([A-Za-z]{2,3})")
+
+
+def lss_source(task_name: str) -> str | None:
+    """The source language of an ``lss_<s>`` task name, None for any other task."""
+    m = LSS_TASK.fullmatch(str(task_name))
+    return m.group(1) if m else None
 
 
 def facts_location(spec: str | None) -> Path | None:
@@ -260,8 +270,10 @@ def keeping_setting(lm):
         lm._lape = saved
 
 
-def _check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=None):
-    """Everything that can be checked before the model loads: languages, lss tasks, the mask, the operation."""
+def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=None):
+    """Everything that can be checked before the model loads: languages, their facts, ``limit``, the mask
+    and its languages, the operation (``mode=None``: the caller checks its own operations), the layers.
+    Returns (sources, targets, mask)."""
     from .intervene import Operation, parse_layers
     from .languages import parse_list
     from .masks import NeuronMask
@@ -274,7 +286,8 @@ def _check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=N
     mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
     for t in tgts:
         mask.code(t)  # one-line MaskError naming the mask's languages
-    Operation.parse(mode, value)
+    if mode is not None:
+        Operation.parse(mode, value)
     parse_layers(layers, mask.n_layers)
     return srcs, tgts, mask
 
@@ -343,7 +356,7 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
         res["mean_off_diagonal"], res["matrix"]["en"]["fr"]
     """
     started = time.time()
-    srcs, tgts, mask = _check_inputs(neurons, sources, targets, mode, value, layers, limit, facts)
+    srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, layers, limit, facts)
     with loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, srcs, tgts, limit) as (lm, name, where, tasks):
         result = compute_matrix(lm, tasks, tgts, neurons=mask, mode=mode, value=value, layers=layers,
                                 limit=limit, log=log)
@@ -371,7 +384,7 @@ def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
         res["table"][17]["fr"]
     """
     started = time.time()
-    srcs, tgts, mask = _check_inputs(neurons, sources, targets, mode, value, None, limit, facts)
+    srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, None, limit, facts)
     if out is not None and Path(out).suffix != ".json":
         raise UsageError(f"--out {out}: give a .json path (the .png and .md go beside it)")
     n_neurons = {k: {t: int(mask.per_layer(t)[k].numel()) for t in tgts} for k in range(mask.n_layers)}
@@ -384,12 +397,13 @@ def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
                                  log=lambda m: None, baseline=base)
             matrices[k], overall[k] = res["matrix"], res["mean_off_diagonal"]
             table[k] = {t: res["per_target"].get(t, float("nan")) for t in tgts}
+            n_items = res["n_items"]
             log(f"layer {k}: mean LSS {overall[k]:.3f} ({sum(n_neurons[k].values())} neurons, {time.time() - t0:.0f}s)")
     prov = _provenance(name, mask, mode, value, None, where, limit, started)
     del prov["layers"]  # here: the list of layers, each intervened alone
     result = {"layers": list(range(mask.n_layers)), "sources": srcs, "targets": tgts, "table": table,
               "n_neurons": n_neurons, "overall": overall, "matrices": matrices,
-              "n_items": {s: len(facts_of(task, limit)) for s, task in tasks.items()},
+              "n_items": n_items,
               "statistic": "table[layer][t]: mean over sources s != t of LSS(s, t) with only that layer's neurons",
               **prov}
     if out is not None:
@@ -411,13 +425,12 @@ def write_layers(result: dict, out) -> list[Path]:
     """``out`` (.json), its heatmap (.png: layers × targets, neuron counts in the cells) and markdown (.md)."""
     import math
 
-    from ._io import write_json, write_text
+    from ._io import json_safe, write_json, write_text
     from .plot import heatmap
 
     js = Path(out)
     png, md = js.with_suffix(".png"), js.with_suffix(".md")
-    clean = json_safe(result)
-    write_json(js, clean)
+    write_json(js, json_safe(result))
     tg, layers = result["targets"], result["layers"]
     values = [[result["table"][k][t] for t in tg] for k in layers]
     heatmap(values, [str(k) for k in layers], tg, png,
@@ -435,16 +448,3 @@ def write_layers(result: dict, out) -> list[Path]:
             + ", ".join(f"{s} {n}" for s, n in result["n_items"].items()) + f"; {result['seconds']:.0f} s.\n\n")
     write_text(md, head + "\n".join(rows) + "\n")
     return [js, png, md]
-
-
-def json_safe(x):
-    """NaN → None, int keys → str (JSON has neither)."""
-    import math
-
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [json_safe(v) for v in x]
-    return x

@@ -199,8 +199,9 @@ def parse_spec(spec, what: str = "intervention") -> tuple[Operation, str | None]
         op = Operation.parse(mode, value)
         return op, layers_label(layers)
     except InterventionError as e:
-        shown = spec if isinstance(spec, str) else ":".join(str(x) for x in spec if x is not None) if isinstance(spec, (tuple, list)) else spec
-        raise InterventionError(f"{what} {shown!r}: {e}") from None
+        if isinstance(spec, (tuple, list)):  # shown as its string form, ("scale", 2) as 'scale:2'
+            spec = ":".join(str(x) for x in spec if x is not None)
+        raise InterventionError(f"{what} {spec!r}: {e}") from None
 
 
 def spec_label(op: Operation, layers=None) -> str:

@@ -117,6 +117,7 @@ def _per_doc(records: dict[int, dict], metric: str) -> dict[int, object]:
 def summarize(out: Path) -> dict:
     from .languages import task_language
     from .metrics import lss as lss_metric
+    from .lss import lss_source
 
     g = read_grid(out)
     meta, cells = g["meta"], g["cells"]
@@ -199,7 +200,7 @@ def summarize(out: Path) -> dict:
             })
 
     lss_out = {}
-    sources = [t[len("lss_"):] for t in tasks if re.fullmatch(r"lss_[a-z]+", t)]
+    sources = [s for t in tasks if (s := lss_source(t))]
 
     def margins(cell_dir):  # {source: {doc_id: ...}} in the grid's task order
         m = lss_metric.read_samples(cell_dir)
