@@ -8,7 +8,8 @@ The public API (every name is imported on first use, so ``import lapeval`` loads
 
 =====================  =====================================================================================
 identification         :func:`identify`, :func:`collect`, :func:`select`, :class:`NeuronMask`
-interventions          :class:`Operation`, :func:`parse_spec`, :class:`Intervention`, :func:`intervene`
+interventions          :class:`Operation`, :func:`parse_ops` (→ :class:`Spec`), :func:`parse_spec`,
+                       :class:`Intervention`, :class:`Composite`, :func:`intervene`
 in lm-eval             :class:`LapeLM` (the ``lape`` model), :func:`tasks_path`
 evaluation             :func:`lss_matrix`, :func:`search_factor`, :class:`GridConfig`, :func:`run_grid`,
                        :func:`check`
@@ -29,6 +30,9 @@ _API = {
     "NeuronMask": "lapeval.masks",
     "Operation": "lapeval.operation",
     "parse_spec": "lapeval.operation",
+    "parse_ops": "lapeval.operation",
+    "Spec": "lapeval.operation",
+    "Composite": "lapeval.intervene",
     "Intervention": "lapeval.intervene",
     "intervene": "lapeval.intervene",  # the module, callable as its intervene() (lapeval/_callable.py)
     "LapeLM": "lapeval.lm",

@@ -59,3 +59,25 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` as a safetensors file, atomically and **byte-reproducibly**: the same tensors and
+    metadata give the same bytes (and sha256) in any process. The safetensors library lays the data out
+    deterministically but writes its JSON header from a hash map, whose key order changes from run to run;
+    the header is re-serialised here with sorted keys (the format allows any order, padded with spaces to a
+    multiple of 8 bytes), the data bytes untouched."""
+    import struct
+
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(len(text) + 8) % 8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    return path

@@ -12,6 +12,12 @@ preferred (e.g. the paper's p_max) first.
 Default candidates (the reference's grid, §3.3): ``set:p_max``, ``set:p_median`` (patched), ``set:tt_max``,
 ``add:tt_max`` (test-time layer maximum), ``set:tt_p10`` (test-time 10th percentile, a soft deactivation),
 ``zero`` (deactivation, the contrast), then ``scale:c`` for each factor c of ``scales`` (default 2, 5, 10).
+A candidate is any intervention spec of :mod:`lapeval.operation` (``zero@en;set:p_max``, ``add:2*p_max``,
+``set:p_max;scope:generation``); its terms without languages act on the target.
+
+**Sweep** (:func:`sweep_candidates`): one operation graded by α over a list (default 0.5, 1, 2, 4) —
+``add:p_max`` gives ``add:α*p_max``, ``scale`` gives ``scale:α`` — scored the same way, with the LSS curve
+per target (mean over s ≠ t against α) drawn as ``<stem>.factor.sweep.png``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .operation import InterventionError, Operation, parse_layers, parse_spec
+from .errors import LapevalError
+from .operation import InterventionError, Operation, Spec, Term, parse_layers, parse_ops
 
 DEFAULT_CANDIDATES = ("set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero")
 DEFAULT_SCALES = (2.0, 5.0, 10.0)
+DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
 TIE_RULE = "ties go to the earlier candidate in the list"
 
 
@@ -35,38 +43,102 @@ class CandidateError(InterventionError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One operation to try: ``label`` is its canonical ``mode:value`` spelling (``zero`` alone)."""
+    """One intervention to try on each target: ``label`` is its canonical spelling (``set:p_max``, ``zero``,
+    ``zero@en;set:p_max``)."""
 
-    op: Operation
+    spec: Spec
+
+    def __init__(self, spec) -> None:
+        object.__setattr__(self, "spec", spec if isinstance(spec, Spec) else parse_ops(spec, "candidate"))
 
     @property
-    def mode(self) -> str:
-        return self.op.mode
+    def op(self) -> Operation:
+        """The operation of a one-term candidate (the first term's otherwise)."""
+        return self.spec.terms[0].op
+
+    @property
+    def mode(self) -> str | None:
+        return self.op.mode if self.spec.simple else None
 
     @property
     def value(self) -> float | str | None:
-        return self.op.value
+        """A one-term candidate's value (``p_max``, ``2.0``; graded: ``2*p_max``); None for a composite."""
+        if not self.spec.simple:
+            return None
+        return self.op.value if self.op.factor == 1.0 else self.op.label.partition(":")[2]
 
     @property
     def label(self) -> str:
-        return self.op.label
+        return self.spec.label
 
     def __str__(self) -> str:
         return self.label
 
 
 def parse_candidate(spec) -> Candidate:
-    """``"set:p_max"`` / ``"set=p_max"`` / ``"zero"`` / ``("scale", 2)`` / a :class:`Candidate`
-    (:func:`lapeval.operation.parse_spec` without layers: the search's ``layers`` apply to every candidate)."""
+    """``"set:p_max"`` / ``"set=p_max"`` / ``"zero"`` / ``("scale", 2)`` / ``"zero@en;set:p_max"`` / a
+    :class:`Candidate` (:func:`lapeval.operation.parse_ops`; the search's ``layers`` apply to every term that
+    names none; a term without languages acts on the target, and some term must)."""
     if isinstance(spec, Candidate):
         return spec
     try:
-        op, layers = parse_spec(tuple(spec) if isinstance(spec, list) else spec, what="candidate")
-    except InterventionError as e:
-        raise CandidateError(f"{e} (candidates are mode:value, e.g. set:p_max, scale:2, zero)") from None
-    if layers is not None:
-        raise CandidateError(f"candidate {spec!r}: candidates take no @layers; give --layers for the whole search")
-    return Candidate(op)
+        parsed = parse_ops(tuple(spec) if isinstance(spec, list) else spec, what="candidate")
+    except LapevalError as e:
+        raise CandidateError(f"{e} (candidates are specs such as set:p_max, scale:2, zero, zero@en;set:p_max)") from None
+    if all(t.languages for t in parsed.terms):
+        raise CandidateError(f"candidate {parsed.label!r}: every term names its languages, so the target gets nothing: "
+                             "leave the target's term without @LANGS (e.g. zero@en;set:p_max)")
+    return Candidate(parsed)
+
+
+def parse_alphas(spec) -> list[float]:
+    """``"0.5,1,2,4"`` (or numbers) → [0.5, 1.0, 2.0, 4.0]; None → :data:`DEFAULT_ALPHAS`."""
+    if spec is None:
+        return list(DEFAULT_ALPHAS)
+    items = [x.strip() for x in spec.split(",") if x.strip()] if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        try:
+            f = float(item)
+        except (TypeError, ValueError):
+            raise CandidateError(f"--alphas: {item!r} is not a number (give factors such as 0.5,1,2,4)") from None
+        if not math.isfinite(f) or f <= 0:
+            raise CandidateError(f"--alphas: {item!r}: give positive finite factors")
+        out.append(f)
+    if not out:
+        raise CandidateError("--alphas: no factor given (e.g. 0.5,1,2,4)")
+    return list(dict.fromkeys(out))
+
+
+def sweep_candidates(operation, alphas=None) -> list[Candidate]:
+    """``operation`` graded by each α: every term acting on the target (no ``@LANGS``) gets ``α·value``
+    (``add:p_max`` → ``add:α*p_max``, ``set:tt_max`` → ``set:α*tt_max``) or, for ``scale``, ``scale:α``."""
+    try:
+        base = parse_ops("scale:1" if str(operation).strip().lower() == "scale" else operation, "--sweep")
+    except LapevalError as e:
+        raise CandidateError(f"{e} (sweep one operation such as add:p_max, set:tt_max or scale)") from None
+    graded = [t for t in base.terms if not t.languages]
+    if not graded:
+        raise CandidateError(f"--sweep {operation!r}: no term acts on the target (leave its @LANGS out)")
+    for t in graded:
+        if t.op.mode == "zero" or (t.op.mode != "scale" and not isinstance(t.op.value, str)):
+            raise CandidateError(f"--sweep {operation!r}: {t.op.label} has no statistic to grade: sweep add:p_max, "
+                                 "set:p_max, add:tt_max or scale")
+        if t.op.factor != 1.0:
+            raise CandidateError(f"--sweep {operation!r}: give the operation without a factor (add:p_max): "
+                                 "--alphas grades it")
+    out = []
+    for a in parse_alphas(alphas):
+        terms = []
+        for t in base.terms:
+            if t.languages:
+                terms.append(t)
+            elif t.op.mode == "scale":
+                terms.append(Term(Operation("scale", float(a)), None, t.layers))
+            else:
+                terms.append(Term(Operation(t.op.mode, t.op.value, float(a)), None, t.layers))
+        out.append(Candidate(Spec(tuple(terms), base.scope)))
+    return out
 
 
 def parse_scales(spec) -> list[float]:
@@ -115,17 +187,41 @@ def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[st
     codes = [mask.code(t) for t in targets]  # MaskError naming the mask's languages
     where = f" {mask.path}" if mask.path else ""
 
-    def lacking(c: Candidate) -> list[str]:
-        kind = c.op.mask_values
-        return [t for t, code in zip(targets, codes) if kind and kind not in mask.sets[code].values]
+    from .masks import MaskError
 
-    bad = [(c, lacking(c)) for c in candidates if lacking(c)]
+    for c in candidates:  # languages a term names itself
+        for t in c.spec.terms:
+            for lang in t.languages or ():
+                if lang not in ("self", "src", "tgt", "all"):
+                    try:
+                        mask.code(lang)
+                    except MaskError as e:
+                        raise CandidateError(f"candidate {c.label!r}: {e}") from None
+            if t.layers:
+                try:
+                    parse_layers(t.layers, mask.n_layers)
+                except InterventionError as e:
+                    raise CandidateError(f"candidate {c.label!r}: {e}") from None
+
+    def lacking(c: Candidate) -> tuple[str | None, list[str]]:
+        for t in c.spec.terms:
+            kind = t.op.mask_values
+            if not kind:
+                continue
+            langs = codes if not t.languages or t.languages[0] in ("self", "src", "tgt") else (
+                list(mask.languages) if t.languages == ("all",) else [mask.code(l) for l in t.languages])
+            miss = [l for l in langs if kind not in mask.sets[l].values]
+            if miss:
+                return kind, miss
+        return None, []
+
+    bad = [(c, *lacking(c)) for c in candidates if lacking(c)[1]]
     if bad:
-        c, langs = bad[0]
-        rest = [x.label for x in candidates if not lacking(x)]
+        c, kind, langs = bad[0]
+        rest = [x.label for x in candidates if not lacking(x)[1]]
         drop = f"drop it with --candidates {','.join(rest)}" if rest else "give other --candidates (e.g. set:tt_max,zero)"
         raise CandidateError(
-            f"candidate {c.label!r}: mask{where} has no {c.op.mask_values} values for {', '.join(langs)}: {drop}, "
+            f"candidate {c.label!r}: mask{where} has no {kind} values for {', '.join(langs)}: {drop}, "
             f"or use a mask from lapeval identify, which stores p_max/p_median from the activation statistics"
         )
 
@@ -181,7 +277,7 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     matrices, table, overall, n_items, sources = {}, {}, {}, {}, list(tasks)
     for i, c in enumerate(cands, 1):
         t0 = time.time()
-        res = compute_matrix(lm, tasks, targets, neurons=mask, mode=c.mode, value=c.value, layers=layers,
+        res = compute_matrix(lm, tasks, targets, neurons=mask, ops=c.spec, layers=layers,
                              limit=limit, log=lambda m: None, baseline=base)
         matrices[c.label] = res["matrix"]
         table[c.label] = {t: res["per_target"].get(t, math.nan) for t in targets}
@@ -212,6 +308,76 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     }
 
 
+def graded_label(operation) -> str:
+    """The swept operation with α written in: ``add:p_max`` → ``add:α·p_max``, ``scale`` → ``scale:α``."""
+    if str(operation).strip().lower() == "scale":
+        return "scale:α"
+    spec = parse_ops(operation)
+    parts = []
+    for t in spec.terms:
+        if t.languages:
+            parts.append(t.label)
+        else:
+            head = f"{t.op.mode}:α" if t.op.mode == "scale" else f"{t.op.mode}:α·{t.op.value}"
+            parts.append(head + t.label[len(t.op.label):])
+    return ";".join(parts + ([f"scope:{spec.scope}"] if spec.scope != "all" else []))
+
+
+def sweep_curves(result: dict, operation: str, alphas: Sequence[float], cands: Sequence[Candidate]) -> dict:
+    """The sweep section: per target, mean LSS over s ≠ t at each α (and overall), and the best α (ties:
+    the smaller α, listed first)."""
+    labels = [c.label for c in cands]
+    curves = {t: [result["table"][lab][t] for lab in labels] for t in result["targets"]}
+    overall = [result["overall"][lab] for lab in labels]
+
+    def best(vals):
+        b = _best(list(zip(map(str, alphas), vals)))
+        return None if b is None else {"alpha": float(b[0]), "lss": b[1]}
+
+    return {"operation": operation, "graded": graded_label(operation), "alphas": list(alphas), "candidates": labels,
+            "curves": curves, "overall": overall,
+            "best_alpha_per_target": {t: best(v) for t, v in curves.items()}, "best_alpha_overall": best(overall)}
+
+
+def plot_sweep(sweep: dict, out, title: str = "") -> Path:
+    """LSS (mean over s ≠ t) against α, one line per target and the overall mean dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plot import _save
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    x = sweep["alphas"]
+    for t, ys in sweep["curves"].items():
+        ax.plot(x, [_nan(y) for y in ys], marker="o", label=t)
+    ax.plot(x, [_nan(y) for y in sweep["overall"]], "k--", marker="s", label="all (s ≠ t)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels([format(a, "g") for a in x])
+    ax.axhline(0.0, color="grey", linewidth=0.6)
+    ax.set_xlabel(f"α in {sweep.get('graded', sweep['operation'])}")
+    ax.set_ylabel("mean LSS over sources s ≠ t")
+    ax.set_title(title or f"LSS sweep: {sweep.get('graded', sweep['operation'])}", fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, out)
+
+
+def format_sweep(sweep: dict) -> str:
+    """Markdown: rows = targets, columns = α; the best α per row in bold."""
+    alphas = sweep["alphas"]
+    out = [f"## Sweep: {sweep.get('graded', sweep['operation'])}", "",
+           "| target | " + " | ".join(f"α={format(a, 'g')}" for a in alphas) + " | best α |",
+           "|---|" + "---:|" * (len(alphas) + 1)]
+    rows = [*sweep["curves"].items(), ("all (s ≠ t)", sweep["overall"])]
+    bests = [*sweep["best_alpha_per_target"].values(), sweep["best_alpha_overall"]]
+    for (t, ys), b in zip(rows, bests):
+        cells = ["–" if y is None or math.isnan(y) else (f"**{y:.3f}**" if _is_max(y, ys) else f"{y:.3f}") for y in ys]
+        out.append(f"| {t} | " + " | ".join(cells) + f" | {'–' if b is None else format(b['alpha'], 'g')} |")
+    return "\n".join(out) + "\n"
+
+
 def factor_paths(neurons, out=None) -> tuple[Path, Path, Path]:
     """(json, md, png) of a search: ``out`` (and its .md/.png siblings), else ``<mask stem>.factor.*`` beside
     the mask."""
@@ -226,7 +392,8 @@ def factor_paths(neurons, out=None) -> tuple[Path, Path, Path]:
 
 def search_factor(model, neurons, languages, targets=None, *, candidates=None, scales=None, layers=None,
                   facts=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
-                  device: str = "cpu", out=None, log: Callable[[str], None] = print) -> dict:
+                  device: str = "cpu", out=None, sweep=None, alphas=None,
+                  log: Callable[[str], None] = print) -> dict:
     """Choose the amplification value per target language by LSS — what ``lapeval search-factor`` runs.
 
     Every candidate operation (default :data:`DEFAULT_CANDIDATES`, then ``scale:c`` for each of ``scales``,
@@ -235,7 +402,10 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     target and overall (highest mean; ties: the earlier candidate) are written as ``<mask stem>.factor.json``
     / ``.md`` / ``.png`` beside the mask (or at ``out``). ``model``: a name / folder / hub id or a loaded
     :class:`~lapeval.lm.LapeLM`; ``languages``: the sources; ``targets``: default ``languages``; ``facts``,
-    ``limit``, ``layers``: as :func:`lapeval.lss_matrix`. Returns the JSON document written.
+    ``limit``, ``layers``: as :func:`lapeval.lss_matrix`. ``sweep``: one operation graded by each of
+    ``alphas`` (default 0.5, 1, 2, 4; :func:`sweep_candidates`) — the candidates are then the graded ones
+    (plus ``candidates`` when given), and the curves go to the JSON (``sweep``), the markdown and
+    ``<stem>.factor.sweep.png``. Returns the JSON document written.
 
     Example::
 
@@ -251,8 +421,12 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     if scales is not None:
         scale_list = parse_scales(scales) if isinstance(scales, str) else [float(c) for c in scales]
     else:
-        scale_list = list(DEFAULT_SCALES) if candidates is None else []
-    cands = build_candidates(candidates, scale_list)
+        scale_list = list(DEFAULT_SCALES) if candidates is None and sweep is None else []
+    graded = sweep_candidates(sweep, alphas) if sweep is not None else []
+    if alphas is not None and sweep is None:
+        raise CandidateError("--alphas without --sweep: name the operation to grade (e.g. --sweep add:p_max)")
+    cands = build_candidates(candidates, scale_list) if candidates is not None or scale_list or not graded else []
+    cands = list({c.label: c for c in [*graded, *cands]}.values())
     check_candidates(cands, mask, tgts)
     js, md, png = factor_paths(mask.path or neurons, out)
 
@@ -285,6 +459,9 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
         "seconds": round(time.time() - started, 1),
         "matrices": result["matrices"],
     }
+    if graded:
+        operation = "scale" if str(sweep).strip().lower() == "scale" else parse_ops(sweep).label
+        doc["sweep"] = sweep_curves(result, operation, parse_alphas(alphas), graded)
     write_results(doc, result, name, mask, js, md, png)
     return doc
 
@@ -294,9 +471,18 @@ def write_results(doc: dict, result: dict, model: str, mask, js: Path, md: Path,
     from ._io import json_safe, write_json, write_text
 
     title = f"LSS factor search: {model}, mask {Path(str(mask.path or 'unsaved')).name}"
+    text = format_markdown(result, title)
+    if doc.get("sweep"):
+        text += "\n" + format_sweep(doc["sweep"])
+        plot_sweep(doc["sweep"], sweep_path(js), title=f"{model}: LSS against α ({doc['sweep']['graded']})")
     write_json(js, json_safe(doc))
-    write_text(md, format_markdown(result, title))
+    write_text(md, text)
     plot_table(result, png, title=f"{model}: mean LSS over s ≠ t")
+
+
+def sweep_path(js: Path) -> Path:
+    """``<stem>.factor.sweep.png`` beside the JSON."""
+    return js.with_suffix(".sweep.png")
 
 
 # ------------------------------------------------------------------------------------------ reports

@@ -484,6 +484,25 @@ def task_language(task_name: str, metadata: Mapping | None = None, lang_map=None
     return resolve_task(task_name, metadata, lang_map).language
 
 
+_DIRECTION = re.compile(rf"(?:.+_)?(?:flores_mt|flores|ntrex|wmt\d*|iwslt\d*)[_-](?P<src>{_PAIR})-(?P<tgt>{_PAIR})(?:[_-].+)?")
+
+
+def task_direction(task_name: str, metadata: Mapping | None = None) -> tuple[str, str] | None:
+    """(source, target) of a translation task, for the ``src`` / ``tgt`` terms of an intervention: the
+    task config's ``metadata.lapeval_source_language`` / ``lapeval_target_language`` when both are given,
+    else a translation name (``flores_mt_en-fr`` → (en, fr), ``wmt16-de-en`` → (de, en),
+    ``iwslt2017-en-ar`` → (en, ar)); None for any other task."""
+    meta = metadata if isinstance(metadata, Mapping) else {}
+    src, tgt = meta.get("lapeval_source_language"), meta.get("lapeval_target_language")
+    if src and tgt:
+        return normalize(str(src)), normalize(str(tgt))
+    m = _DIRECTION.fullmatch(str(task_name).lower())
+    if m is None:
+        return None
+    a, b = _code(m.group("src")), _code(m.group("tgt"))
+    return None if a is None or b is None else (a, b)
+
+
 def task_family(task_name: str, metadata: Mapping | None = None, lang_map=None) -> tuple[str, str] | None:
     """(family, column) where the task's name spells its language: ``belebele_ind_Latn`` → (belebele,
     ind_Latn), ``global_mmlu_full_de_law`` → (global_mmlu_full_law, de), ``flores_mt_en-fr`` → (flores_mt,

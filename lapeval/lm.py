@@ -15,13 +15,22 @@
   ``;`` (lm-eval splits model arguments on commas): ``lang_map=kmmlu*:ko;mgsm_en_cot_*:none``; a dict
   from Python (:class:`lapeval.languages.LangMap`).
 * ``mode`` / ``value`` / ``layers``: the operation of :mod:`lapeval.intervene` (zero | set | scale | add
-  with a number, ``p_max``, ``p_median``, ``tt_max`` or ``tt_p10``), in all layers or a subset.
+  with a number, ``p_max``, ``p_median``, ``tt_max``, ``tt_p10`` or a graded ``2*p_max``), in all layers or a
+  subset.
+* ``ops``: several terms in one forward, joined by ``;`` (lm-eval splits model arguments on commas), each
+  ``MODE[:VALUE]@LANGS[@LAYERS]``: ``ops=zero@en;set:p_max@fr``, ``ops=zero@src;add:2*p_max@tgt`` (a
+  translation task's source and target). A term without ``@LANGS`` takes ``lang=``, one without
+  ``@LAYERS`` takes ``layers=``. Later terms act on what earlier ones left (:mod:`lapeval.operation`).
+* ``scope``: ``all`` (default: every real token of prompt, continuation and generated text), ``prompt``,
+  ``generation`` (generated tokens; for log-likelihood requests the continuation tokens) or ``last`` (the
+  last prompt token and every generated one); :mod:`lapeval.intervene` gives the positions.
 
-Interventions act at every real token of prompt, continuation and generated text. Test-time statistics
-are per row over real tokens: log-likelihood batches are right-padded without an attention mask, so the
-rows' real lengths are read where lm-eval pads them (:func:`_padding_tap`); generation passes its mask.
+Test-time statistics are per row over real tokens: log-likelihood batches are right-padded without an
+attention mask, so the rows' real lengths are read where lm-eval pads them (:func:`_padding_tap`), and, for
+a scope, their continuation lengths where lm-eval batches them (:func:`_batch_tap`); generation passes its
+mask, and its prompt length is read in :meth:`LapeLM._model_generate`.
 
-Provenance goes to the results JSON (``config.lape``: mask sha256, languages, mode, value, layers,
+Provenance goes to the results JSON (``config.lape``: mask sha256, every term's languages, mode, value, layers, the scope,
 lapeval version). ``--use_cache`` is made intervention-aware: lm-eval's ``CachingLM`` keys on request text
 only, so this model takes its database over (see :meth:`LapeLM.set_cache_hook`) and keys every entry on the
 request, the model and the intervention that request runs under.
@@ -48,7 +57,7 @@ from lm_eval.models import huggingface as _hf
 from lm_eval.models.huggingface import HFLM
 
 from . import __version__, models
-from .intervene import Intervention, intervene
+from .intervene import intervene
 from .languages import LangMap
 from .setting import LapeConfigError, Setting, build_setting, cache_identity, route  # noqa: F401 (re-exported)
 from .sites import find_sites
@@ -72,8 +81,9 @@ class LapeLM(HFLM):
     """
 
     def __init__(self, pretrained, neurons=None, lang=None, mode=None, value=None, layers=None,
-                 lang_map=None, site: str | None = None, device: str | None = None, **kwargs) -> None:
-        build_setting(neurons, lang, mode, value, layers, lang_map=lang_map)  # fail fast, before loading the model
+                 lang_map=None, site: str | None = None, device: str | None = None, ops=None, scope=None,
+                 **kwargs) -> None:
+        build_setting(neurons, lang, mode, value, layers, lang_map=lang_map, ops=ops, scope=scope)  # fail fast
         self.lang_map: LangMap | None = LangMap.parse(lang_map)  # the default of set_intervention
         self._lape_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
@@ -86,14 +96,16 @@ class LapeLM(HFLM):
         self._lape_db = None
         self._lape_session = None
         self._lape_memo: dict[str, Any] = {}
-        self.set_intervention(neurons=neurons, lang=lang, mode=mode, value=value, layers=layers)
+        self.set_intervention(neurons=neurons, lang=lang, mode=mode, value=value, layers=layers, ops=ops, scope=scope)
 
     # ---- the Python API ---------------------------------------------------------------------------
-    def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None, lang_map=None) -> None:
-        """Switch the intervention (no reload). ``neurons=None`` clears it. ``lang_map``: for ``lang=self``
-        (default: the model's own, :attr:`lang_map`)."""
+    def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None, lang_map=None,
+                         ops=None, scope=None) -> None:
+        """Switch the intervention (no reload). ``neurons=None`` clears it. ``lang_map``: for ``self`` /
+        ``src`` / ``tgt`` (default: the model's own, :attr:`lang_map`); ``ops`` / ``scope``: as the model
+        arguments."""
         self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), self.sites[0].d_ff,
-                                   lang_map=self.lang_map if lang_map is None else lang_map)
+                                   lang_map=self.lang_map if lang_map is None else lang_map, ops=ops, scope=scope)
 
     def clear_intervention(self) -> None:
         self._lape = None
@@ -125,6 +137,28 @@ class LapeLM(HFLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         return self._run("loglikelihood_rolling", requests,
                          lambda r: HFLM.loglikelihood_rolling(self, r, disable_tqdm=disable_tqdm))
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        """HFLM's generate call; under a scope the session learns where the (left-padded) prompt ends."""
+        session = self._lape_session
+        if session is None or not session.scoped:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        session.set_prompt_length(int(context.shape[1]))
+        try:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            session.set_prompt_length(None)
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        """``batch_size=auto``'s probe forwards run without edits (they hold no request)."""
+        session = self._lape_session
+        if session is None:
+            return super()._detect_batch_size(requests, pos)
+        session.paused = True
+        try:
+            return super()._detect_batch_size(requests, pos)
+        finally:
+            session.paused = False
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         return self._run("generate_until", requests, lambda r: HFLM.generate_until(self, r, disable_tqdm=disable_tqdm))
@@ -170,15 +204,16 @@ class LapeLM(HFLM):
         return out
 
     @contextmanager
-    def _active(self, iv: Intervention | None):
-        """Hooks (and, for test-time statistics, the padding tap) around one request-method call."""
+    def _active(self, iv):
+        """Hooks (and, for test-time statistics and scopes, the padding and batch taps) around one
+        request-method call."""
         if iv is None:
             yield
             return
         with intervene(self.model, iv, sites=self.sites) as session:
             self._lape_session = session
             try:
-                with _padding_tap(session) if session is not None and session.needs_stats else nullcontext():
+                with _taps(session, rows=False):
                     yield
             finally:
                 self._lape_session = None
@@ -207,9 +242,10 @@ class LapeLM(HFLM):
         from lm_eval.api.model import TemplateLM
 
         built = [build_setting(s.get("neurons"), s.get("lang"), s.get("mode"), s.get("value"), s.get("layers"),
-                               len(self.sites), self.sites[0].d_ff) for s in settings]
-        if any(b is None or b.lang is None for b in built):
-            raise LapeConfigError("prefill needs settings with neurons= and explicit lang= (not self)")
+                               len(self.sites), self.sites[0].d_ff, ops=s.get("ops"), scope=s.get("scope"))
+                 for s in settings]
+        if any(b is None or b.per_request for b in built):
+            raise LapeConfigError("prefill needs settings with neurons= and explicit languages (not self/src/tgt)")
         requests = [r for r in requests if r.request_type == "loglikelihood"]
         if not requests:
             return 0
@@ -221,17 +257,16 @@ class LapeLM(HFLM):
             del self._loglikelihood_tokens  # back to the class method
         unique = dict.fromkeys((tuple(strs), tuple(ctx), tuple(cont)) for strs, ctx, cont in encoded)
         rows = [((k, *strs), list(ctx), list(cont)) for k in range(len(built)) for strs, ctx, cont in unique]
-        ivs = [b.intervention(b.lang) for b in built]
+        ivs = [b.intervention() for b in built]
         hook, cache, self.cache_hook = self.cache_hook, self.logits_cache, CacheHook(None)
         self.logits_cache = False
         try:
             with intervene(self.model, ivs, rows=[0], sites=self.sites) as session:
-                tap = _padding_tap(session) if session is not None and session.needs_stats else nullcontext()
-                with _row_tap(session), tap:
+                with _taps(session, rows=True):
                     res = HFLM._loglikelihood_tokens(self, rows, disable_tqdm=False)
         finally:
             self.cache_hook, self.logits_cache = hook, cache
-        salts = [json.dumps(self._cache_identity(b.lang, b), sort_keys=True) for b in built]
+        salts = [json.dumps(self._cache_identity(b.route([None])[0][0], b), sort_keys=True) for b in built]
         for ((k, *args), _, _), r in zip(rows, res, strict=True):
             self._lape_memo[self._cache_key("loglikelihood", tuple(args), salts[k])] = r
         return len(rows)
@@ -277,11 +312,12 @@ def _note_task(task) -> None:
         return
     if not isinstance(name, str):
         return
-    value = meta.get("lapeval_language") if isinstance(meta, dict) else None
-    if value is None:
+    keys = ("lapeval_language", "lapeval_source_language", "lapeval_target_language")
+    noted = {k: meta[k] for k in keys if isinstance(meta, dict) and meta.get(k) is not None}
+    if not noted:
         TASK_METADATA.pop(name, None)
     else:
-        TASK_METADATA[name] = {"lapeval_language": value}
+        TASK_METADATA[name] = noted
 
 
 def _watch_tasks() -> None:
@@ -344,21 +380,39 @@ def _db_set(db, key, value) -> None:
     db._lape_base.__setitem__(db, key, value)
 
 
-# ---- which setting each batch row of a prefill pass runs ------------------------------------------
+# ---- what each batch row of a log-likelihood pass is -----------------------------------------------
 @contextmanager
-def _row_tap(session):
-    """While active, every batch HFLM's Collator hands out sets ``session.rows`` to its rows' settings
-    (the first element of each prefill request's key)."""
+def _taps(session, rows: bool):
+    """The taps a session needs: the padding tap (real lengths) for test-time statistics and scopes, the
+    batch tap for scopes (continuation lengths) and for prefill passes (``rows``: each row's setting)."""
+    if session is None:
+        yield
+        return
+    pad = _padding_tap(session) if session.needs_stats or session.scoped else nullcontext()
+    batch = _batch_tap(session, rows=rows, conts=session.scoped) if rows or session.scoped else nullcontext()
+    with pad, batch:
+        yield
+
+
+@contextmanager
+def _batch_tap(session, rows: bool, conts: bool):
+    """While active, every log-likelihood batch HFLM's Collator hands out (items ``(key, context tokens,
+    continuation tokens)``) tells ``session`` its rows' settings (``rows``: the first element of each
+    prefill request's key) and continuation lengths (``conts``, for scopes). Generation batches (items
+    ``(context, gen_kwargs)``) pass untouched."""
     original = _hf.Collator
 
-    class RowCollator(original):
+    class TappedCollator(original):
         def get_batched(self, *args, **kwargs):
             for chunk in super().get_batched(*args, **kwargs):
-                if session is not None:
+                scored = bool(chunk) and all(isinstance(item, tuple) and len(item) == 3 for item in chunk)
+                if scored and rows:
                     session.rows = [int(item[0][0]) for item in chunk]
+                if scored and conts:
+                    session.set_continuations([len(item[2]) for item in chunk])
                 yield chunk
 
-    _hf.Collator = RowCollator
+    _hf.Collator = TappedCollator
     try:
         yield
     finally:

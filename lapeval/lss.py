@@ -210,15 +210,16 @@ def touches_neurons(lm) -> bool:
     """Whether ``lm``'s explicit-language setting intervenes on at least one neuron (a layer subset holding
     none of the language's neurons does not: its results are the baseline's, and need no forward)."""
     st = lm.intervention
-    return st is not None and (st.lang is None or st.intervention(st.lang).n_neurons > 0)
+    return st is not None and (st.per_request or st.intervention().n_neurons > 0)
 
 
 def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", value="p_max", layers=None,
-                   limit=None, log=print, baseline: dict | None = None) -> dict:
+                   limit=None, log=print, baseline: dict | None = None, ops=None) -> dict:
     """LSS(s, t) for every source task and target language, with one loaded ``lm``
     (a :class:`~lapeval.lm.LapeLM`; its intervention is cleared on return).
 
-    Per target t, t's neurons get the operation and obj_s, obj_t of every fact of every source s ≠ t are
+    ``ops``: an intervention spec (:func:`lapeval.operation.parse_ops`) replacing ``mode``/``value``, whose
+    terms without languages act on t (``zero@en;set:p_max``). Per target t, t's neurons get the operation and obj_s, obj_t of every fact of every source s ≠ t are
     scored; the baseline of (s, t) is the same requests without intervention (:func:`paired_baseline`,
     computed here unless ``baseline`` gives it), so an intervention that changes nothing gives 0.
     """
@@ -236,7 +237,10 @@ def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", 
     n_items = {s: len(rows) for s, rows in facts.items()}
     for t in targets:
         t0 = time.time()
-        lm.set_intervention(neurons=neurons, lang=t, mode=mode, value=value, layers=layers)
+        if ops is not None:
+            lm.set_intervention(neurons=neurons, lang=t, ops=ops, layers=layers)
+        else:
+            lm.set_intervention(neurons=neurons, lang=t, mode=mode, value=value, layers=layers)
         for s, rows in facts.items():
             if s == t:
                 continue

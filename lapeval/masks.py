@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
 
 from . import __version__
-from ._io import atomic_path, sha256_file
+from ._io import atomic_path, save_safetensors, sha256_file
 from .errors import LapevalError
 from .languages import PAPER1_LANGUAGES, PAPER2_LANGUAGES, normalize, parse_list
 
@@ -169,10 +169,9 @@ class NeuronMask:
             "languages": json.dumps(self.languages),
             "n_layers": str(self.n_layers),
             "d_ff": str(self.d_ff),
-            "lapeval": json.dumps(meta, ensure_ascii=False),
+            "lapeval": json.dumps(meta, ensure_ascii=False, sort_keys=True),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        save_safetensors(tensors, path, header)  # byte-reproducible: its sha256 keys grids and caches
         self.path, self.meta = path, meta
         return path
 

@@ -85,24 +85,41 @@ def _mean(items):
 
 def paired_bootstrap(base: list, cell: list, agg, resamples: int, seed: int = 1234) -> tuple[float, float]:
     """95 % interval of agg(cell) − agg(base) over documents resampled jointly."""
+    return interval(bootstrap_replicates(base, cell, agg, resamples, seed))
+
+
+def bootstrap_replicates(base: list, cell: list, agg, resamples: int, seed: int = 1234):
+    """The R replicates of agg(cell*) − agg(base*), the documents resampled jointly (NaN where the
+    aggregation fails); None with fewer than two documents. The index draws depend only on (seed, n, R), so
+    the cells of one task resample the same documents in every replicate (what the leaderboard's mean of
+    several pairs' differences relies on)."""
     import numpy as np
 
     n = len(base)
     if n < 2 or resamples <= 0:
-        return math.nan, math.nan
+        return None
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples, n))
     if agg is _mean:
         b, c = np.asarray(base, dtype=float), np.asarray(cell, dtype=float)
-        d = c[idx].mean(1) - b[idx].mean(1)
-    else:
-        def safe(items):  # e.g. word perplexity of unsegmented text overflows exp() on some resamples
-            try:
-                return float(agg(items))
-            except (OverflowError, ZeroDivisionError, ValueError):
-                return math.nan
+        return c[idx].mean(1) - b[idx].mean(1)
 
-        d = np.array([safe([cell[i] for i in row]) - safe([base[i] for i in row]) for row in idx], dtype=float)
+    def safe(items):  # e.g. word perplexity of unsegmented text overflows exp() on some resamples
+        try:
+            return float(agg(items))
+        except (OverflowError, ZeroDivisionError, ValueError):
+            return math.nan
+
+    return np.array([safe([cell[i] for i in row]) - safe([base[i] for i in row]) for row in idx], dtype=float)
+
+
+def interval(d) -> tuple[float, float]:
+    """2.5 / 97.5 percentiles of the finite replicates; NaN when there are none."""
+    import numpy as np
+
+    if d is None:
+        return math.nan, math.nan
+    d = np.asarray(d, dtype=float)
     d = d[np.isfinite(d)]
     if not len(d):
         return math.nan, math.nan
@@ -134,6 +151,7 @@ def summarize(out: Path) -> dict:
     base_samples = {t: samples(base["dir"], t) for t in tasks}
     base_entries = {t: metric_entries(results["baseline"].get(t, {})) for t in tasks}
     aggregators: dict[tuple[str, str], object] = {}
+    pairs: dict = {}  # (cell, task, metric, filter) -> its bootstrap replicates, for the leaderboard
     rows = []  # long format
     lang_map = cfg.get("lang_map")
     for cid in order:
@@ -150,7 +168,7 @@ def summarize(out: Path) -> dict:
                        "task": task, "family": fam, "column": col, "language": lang, "metric": metric,
                        "filter": filt, "value": value, "stderr": se, "baseline": None if b is None else b[0],
                        "delta": None, "ci_low": None, "ci_high": None,
-                       "self": None if c.get("target") is None or lang is None else c["target"] == lang}
+                       "self": None if c.get("target") is None or lang is None else c["target"] in ("self", lang)}
                 if b is not None and cid != "baseline":
                     row["delta"] = value - b[0]
                     bd = _per_doc(base_samples[task].get(filt, {}), metric)
@@ -163,9 +181,11 @@ def summarize(out: Path) -> dict:
                     if numeric and (agg is None or getattr(agg, "__name__", "") == "mean"):
                         agg = _mean  # vectorised
                     if agg is not None and ids:
-                        lo, hi = paired_bootstrap([bd[i] for i in ids], [cd[i] for i in ids], agg, resamples,
-                                                  seed=int(cfg.get("seed", 1234)))
-                        row["ci_low"], row["ci_high"] = lo, hi
+                        reps = bootstrap_replicates([bd[i] for i in ids], [cd[i] for i in ids], agg, resamples,
+                                                    seed=int(cfg.get("seed", 1234)))
+                        row["ci_low"], row["ci_high"] = interval(reps)
+                        if reps is not None:
+                            pairs[(cid, task, metric, filt)] = reps
                 rows.append(row)
 
     tables = []
@@ -215,10 +235,17 @@ def summarize(out: Path) -> dict:
                 lss_out[op] = {"matrix": matrix, **lss_metric.summarize(matrix), "sources": list(matrix),
                                "targets": list(dict.fromkeys(t for row in matrix.values() for t in row))}
 
-    return {"format": SUMMARY_FORMAT, "format_version": 1, "config": cfg, "neurons_sha256": meta.get("neurons_sha256"),
-            "cells": {cid: cells[cid]["cell"] for cid in order},
-            "missing_cells": [c["id"] for c in meta["cells"] if c["id"] not in cells],
-            "results": results, "rows": rows, "tables": tables, "lss": lss_out}
+    from . import leaderboard
+
+    s = {"format": SUMMARY_FORMAT, "format_version": 1, "config": cfg, "neurons_sha256": meta.get("neurons_sha256"),
+         "cells": {cid: cells[cid]["cell"] for cid in order},
+         "missing_cells": [c["id"] for c in meta["cells"] if c["id"] not in cells],
+         "results": results, "rows": rows, "tables": tables, "lss": lss_out}
+    higher = base["results"].get("higher_is_better", {})
+    name = cfg.get("name") or str(cfg.get("model"))
+    s["leaderboard"] = leaderboard.build({name: leaderboard.model_board(s, pairs, higher)})
+    s["provenance"] = {cid: leaderboard.provenance(cells[cid]["results"]) for cid in order}
+    return s
 
 
 def _avg(xs):
@@ -239,7 +266,7 @@ def _slug(*parts: str) -> str:
     """A figure's file name from its parts (intervention labels in their file-name form, ``set=p_max``)."""
     from .operation import file_name
 
-    return re.sub(r"[^A-Za-z0-9=@._-]+", "_", file_name("_".join(parts))).strip("_")
+    return re.sub(r"[^A-Za-z0-9=@._~-]+", "_", file_name("_".join(parts))).strip("_")
 
 
 def write_summary(out: Path, log=print) -> dict:
@@ -278,8 +305,20 @@ def write_summary(out: Path, log=print) -> dict:
                 xlabel="source (prompt) language", ylabel="target (amplified)")
         images.append(name)
     write_text(out / "summary.md", _markdown(s, [p.relative_to(out) for p in images]))
-    log(f"grid summary: {out / 'summary.md'} ({len(s['cells'])} cells, {len(images)} heatmaps)")
+    from . import leaderboard
+
+    name = next(iter(s["leaderboard"]["models"]))
+    leaderboard.write(out, s["leaderboard"], {name: model_info(s)},
+                      {name: [(p.stem, p.read_bytes()) for p in images]}, f"Leaderboard: {name}")
+    log(f"grid summary: {out / 'summary.md'} ({len(s['cells'])} cells, {len(images)} heatmaps; leaderboard.md, "
+        "report.html)")
     return s
+
+
+def model_info(s: dict) -> dict:
+    """What the report page shows of one model's grid: its model, mask and cells' provenance."""
+    return {"pretrained": s["config"].get("model"), "neurons_sha256": s.get("neurons_sha256"),
+            "provenance": s.get("provenance", {})}
 
 
 def _markdown(s: dict, images: list[Path]) -> str:
@@ -325,3 +364,49 @@ def _markdown(s: dict, images: list[Path]) -> str:
         L += ["## Heatmaps", ""] + [f"![{p.stem}]({p.as_posix()})" for p in images] + [""]
     return "\n".join(L)
 
+
+
+# ---- several models -----------------------------------------------------------------------------------
+def write_models_summary(out: Path, cfg=None, log=print) -> dict:
+    """The summary of a multi-model grid: each model's own summary (``models/<name>/summary.*``), then, in
+    ``out``, ``summary.json`` (every model's results as ``<model>/<cell>``, the leaderboard), ``summary.md``,
+    ``leaderboard.md``, ``leaderboard.csv`` and ``report.html``. A model whose baseline has not finished is
+    listed as missing, not ranked."""
+    from . import leaderboard
+    from .results import read_json
+
+    out = Path(out)
+    if cfg is None:
+        from .grid import GridConfig
+
+        meta = read_json(out / "grid.json", "grid file", "rerun lapeval grid")
+        cfg = GridConfig.from_dict(meta["config"])
+    summaries, missing = {}, {}
+    for e in cfg.model_entries():
+        sub = out / "models" / e.name
+        try:
+            summaries[e.name] = write_summary(sub, log=log)
+        except ResultsError as err:
+            missing[e.name] = str(err)
+    boards = {name: s["leaderboard"]["models"][next(iter(s["leaderboard"]["models"]))] for name, s in summaries.items()}
+    lb = leaderboard.build(boards)
+    entries = {e.name: e for e in cfg.model_entries()}
+    top = {"format": SUMMARY_FORMAT, "format_version": 1, "multi_model": True, "config": cfg.to_dict(),
+           "models": {name: {"pretrained": entries[name].pretrained, "neurons": entries[name].neurons,
+                             "neurons_sha256": s.get("neurons_sha256"), "summary": f"models/{name}/summary.json",
+                             "missing_cells": s["missing_cells"]} for name, s in summaries.items()},
+           "missing_models": missing,
+           "results": {f"{name}/{cid}": tasks for name, s in summaries.items() for cid, tasks in s["results"].items()},
+           "leaderboard": lb}
+    write_json(out / "summary.json", top)
+    images = {name: [(p.stem, p.read_bytes()) for p in sorted((out / "models" / name / "heatmaps").glob("*.png"))]
+              for name in summaries}
+    title = f"Leaderboard: {len(summaries)} models"
+    leaderboard.write(out, lb, {name: model_info(s) for name, s in summaries.items()}, images, title)
+    L = [f"# Grid: {', '.join(summaries)}", "", leaderboard.markdown(lb, "Leaderboard").split("\n", 2)[2], ""]
+    if missing:
+        L += ["**Not summarised (baseline unfinished):** " + "; ".join(f"{k}: {v}" for k, v in missing.items()), ""]
+    L += ["Per model: " + ", ".join(f"[{n}](models/{n}/summary.md)" for n in summaries), ""]
+    write_text(out / "summary.md", "\n".join(L))
+    log(f"grid summary: {out / 'summary.md'} ({len(summaries)} models; leaderboard.md, report.html)")
+    return top

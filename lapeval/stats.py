@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from safetensors.torch import save_file
+
 
 from . import __version__
-from ._io import atomic_path
+from ._io import save_safetensors
 from .errors import InputFileError, LapevalError
 from .sites import Site, find_sites, stack_of
 
@@ -351,9 +351,9 @@ class Stats:
         if self.n_sentences is not None:
             tensors["n_sentences"] = self.n_sentences.to(torch.int64)
         header = {"format": FORMAT, "languages": json.dumps(self.languages),
-                  "lapeval": json.dumps({**self.meta, "lapeval_version": __version__}, ensure_ascii=False)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+                  "lapeval": json.dumps({**self.meta, "lapeval_version": __version__}, ensure_ascii=False,
+                                        sort_keys=True)}
+        save_safetensors(tensors, path, header)  # byte-reproducible
         return Path(path)
 
     @classmethod
@@ -434,8 +434,7 @@ def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, c
 def _save_part(path: Path, st: LanguageStats, key: str) -> None:
     tensors = {"over_zero": st.over_zero.contiguous(), "n_tokens": torch.tensor([st.n_tokens]),
                "sentence_means": st.sentence_means.contiguous(), "n_texts": torch.tensor([st.n_texts])}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"run_key": key})
+    save_safetensors(tensors, path, {"run_key": key})
 
 
 def _load_part(path: Path, key: str) -> LanguageStats | None:

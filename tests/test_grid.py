@@ -163,6 +163,15 @@ def test_cells_as_batch_rows_equal_cell_by_cell(tmp_path, tiny_model_dir, data_e
     run_grid(rows, log=lambda m: None, lm=lm)
     del lm.prefill
     assert calls == [2, 2]  # one shared pass per intervention, two target cells each
+    assert_same_cells(plain, rows)
+    assert not lm._lape_memo  # cleared after the grid
+
+
+def assert_same_cells(plain: GridConfig, rows: GridConfig) -> int:
+    """Every metric of every cell of two grids agrees (up to batch-composition noise); returns how many
+    intervened cells' metrics differ from the baseline's."""
+    base = _task_results(Path(plain.output) / "cells" / "baseline" / "results.json")
+    moved = 0
     for cell in plain.cells():
         a = _task_results(Path(plain.output) / "cells" / cell.folder / "results.json")
         b = _task_results(Path(rows.output) / "cells" / cell.folder / "results.json")
@@ -170,7 +179,8 @@ def test_cells_as_batch_rows_equal_cell_by_cell(tmp_path, tiny_model_dir, data_e
             for k, v in a[task].items():
                 if isinstance(v, float) and "stderr" not in k:
                     assert b[task][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (cell.id, task, k)
-    assert not lm._lape_memo  # cleared after the grid
+                    moved += cell.target is not None and v != pytest.approx(base[task][k], rel=1e-6)
+    return moved
 
 
 def test_prefill_rows_match_each_setting_alone(tiny_model_dir, tmp_path, lm):
@@ -285,3 +295,97 @@ def test_aggregations_are_found_for_the_paired_bootstrap():
     assert _aggregator(cfg, "acc") is get_aggregation("mean")
     assert _aggregator(cfg, "chrfpp") is translation.chrfpp
     assert _aggregator(cfg, "odd") is None and _aggregator(cfg, "missing") is None
+
+
+# ---- composite, graded and scoped interventions as cells -------------------------------------------------
+COMPOSITES = ["zero@en;set:p_max", "set:p_max;scope:generation", {"ops": "add:2*p_max", "scope": "last"},
+              "zero@ja;scale:2@1"]
+
+
+def test_composite_cells_ids_folders_and_keys(tmp_path, tiny_model_dir):
+    import hashlib
+
+    mask = _mask(tmp_path)
+    cfg = _cfg(tmp_path, tiny_model_dir, mask, interventions=["set:p_max", "add:2*p_max", *COMPOSITES])
+    ids = [c.id for c in cfg.cells()]
+    assert ids == ["baseline", "set:p_max/en", "set:p_max/fr", "add:2*p_max/en", "add:2*p_max/fr",
+                   "zero@en;set:p_max/en", "zero@en;set:p_max/fr", "set:p_max;scope:generation/en",
+                   "set:p_max;scope:generation/fr", "add:2*p_max;scope:last/en", "add:2*p_max;scope:last/fr",
+                   "zero@ja;scale:2@1/en", "zero@ja;scale:2@1/fr"]
+    folders = [c.folder for c in cfg.cells()]
+    assert len(set(folders)) == len(folders) and "zero@en~set=p_max__fr" in folders
+    assert "set=p_max~scope=generation__en" in folders and "add=2xp_max__fr" in folders
+    keys = {c.id: cfg.cell_key(c, "sha") for c in cfg.cells()}
+    assert len(set(keys.values())) == len(keys)
+    # a one-term cell keys exactly as before composites existed (old grids resume)
+    old = {"model": cfg.model, "model_args": cfg.model_args, "tasks": cfg.tasks, "limit": cfg.limit,
+           "num_fewshot": cfg.num_fewshot, "seed": cfg.seed, "batch_size": cfg.batch_size,
+           "bootstrap_iters": cfg.bootstrap_iters,
+           "cell": {"target": "fr", "mode": "set", "value": "p_max", "layers": None},
+           "neurons_sha256": "sha", "facts": cfg.facts, "scoring": 2}
+    assert keys["set:p_max/fr"] == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    # YAML string and structured forms give the same cells
+    same = _cfg(tmp_path, tiny_model_dir, mask, interventions=[
+        {"terms": [{"mode": "zero", "lang": "en"}, {"mode": "set", "value": "p_max"}]}])
+    assert [c.id for c in same.cells()][1:] == ["zero@en;set:p_max/en", "zero@en;set:p_max/fr"]
+
+
+@pytest.mark.parametrize("iv,needle", [
+    ("explode@fr", "unknown mode 'explode'"),
+    ("zero@xx;set:p_max", "xx"),
+    ("zero@sw;set:p_max", "it has en, fr, ja"),
+    ("set:p_max@99", "names layer 99 but the model has layers 0..1"),
+    ("zero@en;set:p_max@fr", "every term names its languages"),
+    ("set:p_max;scope:often", "unknown scope"),
+])
+def test_composite_config_errors_before_anything_loads(tmp_path, tiny_model_dir, iv, needle):
+    from lapeval.errors import LapevalError
+
+    with pytest.raises(LapevalError) as e:
+        _cfg(tmp_path, tiny_model_dir, _mask(tmp_path), interventions=[iv])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_multiplex_yaml_booleans(tmp_path, tiny_model_dir):
+    mask = _mask(tmp_path)
+    assert _cfg(tmp_path, tiny_model_dir, mask, multiplex=True).multiplex == "on"  # YAML reads on/off as booleans
+    assert _cfg(tmp_path, tiny_model_dir, mask, multiplex=False).multiplex == "off"
+
+
+def test_composite_cells_multiplexed_equal_cell_by_cell_and_self_target(tmp_path, tiny_model_dir, data_env, lm):
+    """Composite and scoped cells as batch rows equal cell-by-cell runs; a target ``self`` cell gives each
+    task its own language's neurons: its numbers are the diagonal of the per-target cells."""
+    mask = _mask(tmp_path)
+    kw = {"interventions": COMPOSITES, "tasks": ["lss_en", "flores_ppl_fr", "flores_ppl_en"], "limit": 3}
+    plain = _cfg(tmp_path, tiny_model_dir, mask, out="plain", multiplex="off", **kw)
+    rows = _cfg(tmp_path, tiny_model_dir, mask, out="rows", multiplex="on", **kw)
+    run_grid(plain, log=lambda m: None, lm=lm)
+    run_grid(rows, log=lambda m: None, lm=lm)
+    moved = assert_same_cells(plain, rows)
+    for cell in plain.cells():
+        meta = json.loads((Path(plain.output) / "cells" / cell.folder / "results.json").read_text())
+        if cell.target is not None:
+            from lapeval.operation import parse_ops
+
+            want = parse_ops(cell.op).with_defaults(languages=(cell.target,)).label  # the target filled in
+            assert meta["config"]["lape"]["intervention"]["label"] == want, cell.id
+    assert moved > 10
+    self_cfg = _cfg(tmp_path, tiny_model_dir, mask, out="self", targets=["self"], multiplex="on",
+                    interventions=["zero@ja;set:p_max;scope:generation"], tasks=["flores_ppl_fr", "flores_ppl_en"],
+                    limit=3)
+    per = _cfg(tmp_path, tiny_model_dir, mask, out="per", targets=["en", "fr"], multiplex="off",
+               interventions=["zero@ja;set:p_max;scope:generation"], tasks=["flores_ppl_fr", "flores_ppl_en"], limit=3)
+    run_grid(self_cfg, log=lambda m: None, lm=lm)
+    run_grid(per, log=lambda m: None, lm=lm)
+    (cell,) = [c for c in self_cfg.cells() if c.target]
+    assert cell.id == "zero@ja;set:p_max;scope:generation/self"
+    got = _task_results(Path(self_cfg.output) / "cells" / cell.folder / "results.json")
+    for lang in ("en", "fr"):
+        want = _task_results(Path(per.output) / "cells" / file_name(f"zero@ja;set:p_max;scope:generation__{lang}")
+                             / "results.json")[f"flores_ppl_{lang}"]
+        for k, v in want.items():
+            if isinstance(v, float) and "stderr" not in k:
+                assert got[f"flores_ppl_{lang}"][k] == pytest.approx(v, rel=1e-6), (lang, k)
+    summary = json.loads((Path(self_cfg.output) / "summary.json").read_text())
+    rows_self = [r for r in summary["rows"] if r["target"] == "self"]
+    assert rows_self and all(r["self"] is True for r in rows_self)

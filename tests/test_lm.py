@@ -292,17 +292,21 @@ def test_lapeval_eval_command(tmp_path, tiny_model_dir, tiny_mask):
     assert "xcopa_id" in res["results"]
 
 
+def _lm_eval(tmp_path, model_args: str, *extra: str) -> subprocess.CompletedProcess:
+    """The literal ``lm_eval --model lape`` command on the local XCOPA-style task."""
+    lm_eval = Path(sys.executable).with_name("lm_eval")
+    return subprocess.run([str(lm_eval), "--model", "lape", "--model_args", model_args, "--tasks",
+                           str(_task_yaml(tmp_path)), "--device", "cpu", *extra],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+
 def test_literal_lm_eval_command(tmp_path, tiny_model_dir, tiny_mask):
     import importlib.util
 
     if importlib.util.find_spec("_lapeval_autoload") is None:
         pytest.skip("lapeval is not pip-installed here (no lapeval-lm-eval.pth)")
-    lm_eval = Path(sys.executable).with_name("lm_eval")
     out = tmp_path / "out"
-    r = subprocess.run([str(lm_eval), "--model", "lape", "--model_args",
-                        f"pretrained={tiny_model_dir},neurons={tiny_mask},lang=id,mode=zero",
-                        "--tasks", str(_task_yaml(tmp_path)), "--device", "cpu", "--output_path", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    r = _lm_eval(tmp_path, f"pretrained={tiny_model_dir},neurons={tiny_mask},lang=id,mode=zero", "--output_path", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(next(out.rglob("results_*.json")).read_text())["config"]["lape"]["intervention"]["mode"] == "zero"
 
@@ -370,3 +374,22 @@ def test_real_lape_matches_hf_and_is_batch_invariant(real_model_dir, tmp_path, t
             # hf itself moves up to 1.7e-5 between batch sizes 1 and 8 here (fp32 CPU matmuls of other
             # shapes, benchmarks/lape_equivalence.py); interventions must not add batch dependence beyond that
             assert max(abs(x - y) for x, y in zip(a, b)) <= 5e-5, (mode, value, task)
+
+
+def test_literal_lm_eval_command_with_ops_and_scope(tmp_path, tiny_model_dir, tiny_mask):
+    """``ops=`` terms joined by ``;`` and ``scope=`` survive lm-eval's own comma/equals argument parsing."""
+    import importlib.util
+
+    if importlib.util.find_spec("_lapeval_autoload") is None:
+        pytest.skip("lapeval is not pip-installed here (no lapeval-lm-eval.pth)")
+    out = tmp_path / "out"
+    r = _lm_eval(tmp_path, f"pretrained={tiny_model_dir},neurons={tiny_mask},lang=id,ops=zero@en;add:2*p_max,scope=last",
+                 "--output_path", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    iv = json.loads(next(out.rglob("results_*.json")).read_text())["config"]["lape"]["intervention"]
+    assert iv["label"] == "zero@en;add:2*p_max@id;scope:last" and iv["scope"] == "last"
+    assert [(t["languages"], t["mode"], t.get("factor")) for t in iv["terms"]] == [(["en"], "zero", None),
+                                                                                 (["id"], "add", 2.0)]
+    bad = _lm_eval(tmp_path, f"pretrained={tiny_model_dir},neurons={tiny_mask},ops=explode@id")
+    assert bad.returncode != 0
+    assert "unknown mode 'explode'" in bad.stderr.strip().splitlines()[-1]  # lm-eval's last line names the fix

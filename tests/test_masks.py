@@ -152,3 +152,30 @@ def test_written_files_get_a_normal_mode(tmp_path):
     old = os.umask(0o022)
     os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~old
+
+
+def test_saving_twice_gives_the_same_bytes_in_any_process(tmp_path):
+    """The mask's sha256 keys grid cells, caches and provenance: saving the same mask (or statistics) again,
+    in another process, must give the same bytes (safetensors writes its header from a hash map)."""
+    import subprocess
+    import sys
+
+    from lapeval._io import sha256_file
+
+    code = ("import sys, torch\n"
+            "from lapeval.masks import NeuronMask\n"
+            "g = torch.Generator().manual_seed(0)\n"
+            "a = torch.rand(3, 2, 48, generator=g) < 0.2\n"
+            "v = {'p_max': torch.rand(3, 2, 48, generator=g), 'p_median': torch.rand(3, 2, 48, generator=g)}\n"
+            "NeuronMask.from_assignment(a, ['en', 'fr', 'ja'], v, {'method': 'lape', 'b': 1, 'a': 2}).save(sys.argv[1])\n")
+    shas = []
+    for i in range(3):
+        out = tmp_path / f"m{i}.safetensors"
+        r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        shas.append(sha256_file(out))
+    assert len(set(shas)) == 1, shas
+    from lapeval.masks import NeuronMask
+
+    m = NeuronMask.load(tmp_path / "m0.safetensors")
+    assert m.languages == ["en", "fr", "ja"] and m.meta["method"] == "lape"

@@ -137,3 +137,81 @@ def test_one_line_errors_before_loading_anything(tmp_path, capsys, extra, expect
     if "p_median" in expect:  # the fix: the same list without it
         assert "--candidates set:p_max,set:tt_max,add:tt_max,set:tt_p10,zero,scale:2,scale:5,scale:10," in err
     assert not list(tmp_path.glob("*.factor.*"))
+
+
+def test_composite_and_graded_candidates_equal_compute_matrix(setup):
+    """A composite candidate (a term on the target plus one on a named language) and a graded one score
+    exactly what compute_matrix gives for the same spec; alone, the one-term spec equals mode/value."""
+    from lapeval.lss import compute_matrix
+
+    lm, tasks, mask = setup
+    cands = ["zero@en;set:p_max", "add:2*p_max", "set:p_max;scope:generation", "set:p_max"]
+    res = factor.search(lm, tasks, ["fr", "ja"], mask, cands, limit=3, log=lambda m: None)
+    assert res["candidates"] == cands
+    for c in cands:
+        alone = compute_matrix(lm, tasks, ["fr", "ja"], neurons=str(mask), ops=c, limit=3, log=lambda m: None)
+        assert res["matrices"][c] == alone["matrix"], c
+    plain = compute_matrix(lm, tasks, ["fr", "ja"], neurons=str(mask), mode="set", value="p_max", limit=3,
+                           log=lambda m: None)
+    assert res["matrices"]["set:p_max"] == plain["matrix"]
+    # the en term acts (LSS itself is coarse on 3 facts: compare the log-likelihoods)
+    from lm_eval.api.instance import Instance
+
+    reqs = [Instance("loglikelihood", {}, ("The capital of France is", " Paris"), 0, ("lss_en", 0, 1))]
+    out = {}
+    for spec in ("zero@en;set:p_max@fr", "set:p_max@fr"):
+        lm.set_intervention(neurons=str(mask), ops=spec)
+        out[spec] = lm.loglikelihood(reqs, disable_tqdm=True)[0][0]
+    lm.clear_intervention()
+    assert out["zero@en;set:p_max@fr"] != out["set:p_max@fr"]  # same batch: a no-op term would be bit-identical
+
+
+def test_sweep_grades_one_operation_and_draws_the_curve(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from lapeval.cli import main
+
+    monkeypatch.delenv("LAPEVAL_MLAMA_DIR", raising=False)
+    assert [c.label for c in factor.sweep_candidates("add:p_max", "0.5,1,2")] == ["add:0.5*p_max", "add:p_max",
+                                                                                    "add:2*p_max"]
+    assert [c.label for c in factor.sweep_candidates("scale", [2, 4])] == ["scale:2", "scale:4"]
+    assert [c.label for c in factor.sweep_candidates("zero@en;set:tt_max;scope:last", [3])] == \
+        ["zero@en;set:3*tt_max;scope:last"]
+    mask = _mask(tmp_path / "m" / "tiny.safetensors")
+    rc = main(["search-factor", "--model", str(tiny_model_dir), "--neurons", str(mask), "--languages", "en,fr,ja",
+               "--targets", "fr,ja", "--sweep", "add:p_max", "--alphas", "0.5,1,4", "--facts", "builtin",
+               "--limit", "2", "--batch-size", "4"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "m" / "tiny.factor.json").read_text())
+    s = doc["sweep"]
+    assert doc["candidates"] == ["add:0.5*p_max", "add:p_max", "add:4*p_max"] and s["alphas"] == [0.5, 1.0, 4.0]
+    assert s["operation"] == "add:p_max" and set(s["curves"]) == {"fr", "ja"}
+    for t, ys in s["curves"].items():
+        assert ys == [doc["table"][c][t] for c in doc["candidates"]]
+        best = max(range(3), key=lambda i: (ys[i], -i))
+        assert s["best_alpha_per_target"][t]["alpha"] == s["alphas"][best]
+    assert s["overall"] == [doc["overall"][c] for c in doc["candidates"]]
+    assert (tmp_path / "m" / "tiny.factor.sweep.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "m" / "tiny.factor.md").read_text()
+    assert s["graded"] == "add:α·p_max" and factor.graded_label("zero@en;scale:1@0-1") == "zero@en;scale:α@0-1"
+    assert "## Sweep: add:α·p_max" in md and "| target | α=0.5 | α=1 | α=4 | best α |" in md
+    assert "tiny.factor.sweep.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--sweep", "zero"], "has no statistic to grade"),
+    (["--sweep", "add:2*p_max"], "without a factor"),
+    (["--sweep", "add:p_max", "--alphas", "1,-2"], "give positive finite factors"),
+    (["--alphas", "1,2"], "--alphas without --sweep"),
+    (["--candidates", "zero@en;set:p_max@fr"], "every term names its languages"),
+    (["--candidates", "zero@xx;set:p_max"], "xx"),
+    (["--candidates", "zero@en;set:p_max@7"], "names layer 7"),
+])
+def test_sweep_and_composite_errors_before_loading_anything(tmp_path, capsys, extra, expect):
+    from lapeval.cli import main
+
+    mask = _mask(tmp_path / "m.safetensors")
+    args = ["search-factor", "--model", str(tmp_path / "no-such-model"), "--neurons", str(mask), "--languages", "en,fr",
+            *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and "\n" not in err, err
+    assert not list(tmp_path.glob("*.factor.*"))

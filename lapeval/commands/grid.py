@@ -13,6 +13,16 @@ Example CONFIG.yaml::
     batch_size: 8
     device: cpu
     output: out/grid
+
+Several models (each loaded once, its cells run, then released; a model without neurons: baseline only)::
+
+    models:
+      - {name: gemma, pretrained: gemma-3-270m, neurons: neuron_masks/gemma-3-270m.safetensors}
+      - {name: smollm2, pretrained: smollm2-135m, neurons: neuron_masks/smollm2-135m.safetensors}
+
+Many processes: ``torchrun --nproc_per_node 2 -m lapeval grid CONFIG.yaml`` (ranks split the cells, rank 0
+writes the summary and leaderboard), or a job array of ``lapeval grid CONFIG.yaml --shard I/N`` followed
+by ``lapeval grid CONFIG.yaml --summary-only``.
 """
 
 from __future__ import annotations
@@ -48,7 +58,13 @@ def register(sub) -> None:
     p.add_argument("--bootstrap-iters", dest="bootstrap_iters", type=int, help="lm-eval's stderr bootstrap (default 1000)")
     p.add_argument("--ci-resamples", dest="ci_resamples", type=int, help="paired-bootstrap resamples of deltas (default 1000)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--summary-only", action="store_true", help="only rebuild the summary of an existing output directory")
+    p.add_argument("--summary-only", action="store_true", help="only rebuild the summary of an existing output directory "
+                   "(after the shards of a job array: every cell is then there)")
+    p.add_argument("--shard", metavar="I/N", help="run only this job-array task's share of the cells (0-based I of N, "
+                   "e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); no summary. Under torchrun / accelerate "
+                   "launch the ranks split the cells by themselves")
+    p.add_argument("--parallel", choices=["cells", "requests"], help="under torchrun / accelerate: ranks split the "
+                   "cells (default) or lm-eval splits each cell's requests (few, large cells)")
     p.set_defaults(handler=_grid)
 
 
@@ -61,17 +77,26 @@ def _grid(args) -> int:
     if args.summary_only:
         from ..report import write_summary
 
+        from ..results import read_json
+
         out = Path(args.output or args.config or "out/grid")
+        if args.config and not args.output and Path(args.config).is_file():
+            out = Path(GridConfig.load(args.config).output)
         if not (out / "grid.json").is_file():
             raise InputFileError(f"{out} holds no grid.json: give the grid's output directory with --output")
-        write_summary(out, log=lambda m: print(m, file=sys.stderr))
+        if "models" in read_json(out / "grid.json", "grid file", "rerun lapeval grid"):
+            from ..report import write_models_summary
+
+            write_models_summary(out, log=lambda m: print(m, file=sys.stderr))
+        else:
+            write_summary(out, log=lambda m: print(m, file=sys.stderr))
         return 0
     overrides = {k: getattr(args, k) for k in (*FLAGS, "limit", "batch_size", "num_fewshot", "bootstrap_iters",
-                                                "ci_resamples", "seed")}
+                                                "ci_resamples", "seed", "parallel")}
     if overrides["limit"] is not None and overrides["limit"] >= 1:
         overrides["limit"] = int(overrides["limit"])
     cfg = GridConfig.load(args.config, overrides)
-    status = run_grid(cfg, log=lambda m: print(m, file=sys.stderr))
+    status = run_grid(cfg, log=lambda m: print(m, file=sys.stderr), shard=args.shard)
     ran = sum(v == "ran" for v in status.values())
     print(f"{Path(cfg.output) / 'summary.md'}  ({ran} cell(s) run, {len(status) - ran} reused)")
     return 0

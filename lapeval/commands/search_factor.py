@@ -29,22 +29,28 @@ def register(sub) -> None:
     )
     add_run_args(p)
     p.add_argument("--candidates",
-                   help="comma list of mode:value (or zero) replacing the default list "
+                   help="comma list of interventions replacing the default list "
                         "set:p_max,set:p_median,set:tt_max,add:tt_max,set:tt_p10,zero (modes zero|set|scale|add; "
-                        "values a number, p_max, p_median, tt_max, tt_p<q>)")
+                        "values a number, p_max, p_median, tt_max, tt_p<q>, or α*p_max; terms joined by ; as in "
+                        "'zero@en;set:p_max', a term without @LANGS acting on the target; ';scope:generation')")
     p.add_argument("--scales",
                    help="scale factors appended as scale:c (multiply the target's neurons' activations); "
                         "default 2,5,10 with the default list, none with --candidates; '' for none")
+    p.add_argument("--sweep", metavar="OP",
+                   help="grade one operation by each --alphas factor: add:p_max → add:α*p_max, set:tt_max → "
+                        "set:α*tt_max, scale → scale:α (composites too: 'zero@en;add:p_max'); draws the LSS curve "
+                        "per target as <stem>.factor.sweep.png")
+    p.add_argument("--alphas", help="the factors of --sweep, comma-separated (default 0.5,1,2,4)")
     p.add_argument("--out", help="the JSON path (default <mask stem>.factor.json beside the mask); "
                                  "the .md and .png go beside it")
     p.set_defaults(handler=_search)
 
 
 def _search(args) -> int:
-    from ..factor import factor_paths, format_table, search_factor
+    from ..factor import factor_paths, format_table, search_factor, sweep_path
 
     doc = search_factor(args.model, args.neurons, args.languages, args.targets, candidates=args.candidates,
-                        scales=args.scales, layers=args.layers, facts=args.facts, limit=args.limit,
+                        scales=args.scales, layers=args.layers, sweep=args.sweep, alphas=args.alphas, facts=args.facts, limit=args.limit,
                         batch_size=args.batch_size, dtype=args.dtype, device=args.device, out=args.out,
                         log=lambda m: print(m, file=sys.stderr))
     print(format_table(doc))
@@ -52,5 +58,11 @@ def _search(args) -> int:
         print(f"best for {t}: {b['candidate']} (LSS {b['lss']:.2f})" if b else f"best for {t}: none (no pair scored)")
     b = doc["best_overall"]
     print(f"best overall: {b['candidate']} (LSS {b['lss']:.2f})" if b else "best overall: none (no pair scored)")
-    print("wrote " + ", ".join(str(p) for p in factor_paths(args.neurons, args.out)))
+    paths = list(factor_paths(args.neurons, args.out))
+    if doc.get("sweep"):
+        s = doc["sweep"]
+        for t, b in s["best_alpha_per_target"].items():
+            print(f"sweep {s['operation']}: best α for {t}: " + (f"{b['alpha']:g} (LSS {b['lss']:.2f})" if b else "none"))
+        paths.append(sweep_path(paths[0]))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
