@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import LapevalError
-from .operation import InterventionError, Operation, Spec, Term, parse_layers, parse_ops
+from .operation import LANG_WORDS, InterventionError, Operation, Spec, Term, parse_layers, parse_ops
 
 DEFAULT_CANDIDATES = ("set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero")
 DEFAULT_SCALES = (2.0, 5.0, 10.0)
@@ -189,26 +189,20 @@ def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[st
 
     from .masks import MaskError
 
-    for c in candidates:  # languages a term names itself
-        for t in c.spec.terms:
-            for lang in t.languages or ():
-                if lang not in ("self", "src", "tgt", "all"):
-                    try:
-                        mask.code(lang)
-                    except MaskError as e:
-                        raise CandidateError(f"candidate {c.label!r}: {e}") from None
-            if t.layers:
-                try:
-                    parse_layers(t.layers, mask.n_layers)
-                except InterventionError as e:
-                    raise CandidateError(f"candidate {c.label!r}: {e}") from None
+    from .setting import check_spec
+
+    for c in candidates:  # languages and layers a term names itself
+        try:
+            check_spec(c.spec, mask)
+        except (MaskError, InterventionError) as e:
+            raise CandidateError(f"candidate {c.label!r}: {e}") from None
 
     def lacking(c: Candidate) -> tuple[str | None, list[str]]:
         for t in c.spec.terms:
             kind = t.op.mask_values
             if not kind:
                 continue
-            langs = codes if not t.languages or t.languages[0] in ("self", "src", "tgt") else (
+            langs = codes if not t.languages or t.languages[0] in LANG_WORDS else (
                 list(mask.languages) if t.languages == ("all",) else [mask.code(l) for l in t.languages])
             miss = [l for l in langs if kind not in mask.sets[l].values]
             if miss:

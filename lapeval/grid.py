@@ -288,23 +288,20 @@ class GridConfig:
             missing = [t for t in self.targets if t != "self" and t not in mask.languages]
             if missing:
                 raise GridError(f"target(s) {', '.join(missing)} not in the mask (it has {', '.join(mask.languages)})")
+            from .setting import check_spec
+
             for iv in self.interventions:  # every term against the mask, before anything loads
                 spec = parse_ops(iv["ops"]) if "ops" in iv else parse_ops(iv)
+                try:
+                    check_spec(spec, mask)
+                except (MaskError, InterventionError) as e:
+                    raise GridError(f"intervention {spec.label!r}: {e}") from None
                 for term in spec.terms:
                     op = term.op
                     if op.mask_values and not mask.has_values(op.mask_values):
                         raise GridError(f"value {op.value} is not stored in {self.neurons} for every language: use a "
                                         "number, tt_max / tt_p10, or a mask identified with statistics")
-                    try:
-                        for lang in term.languages or ():
-                            if lang not in ("self", "src", "tgt", "all"):
-                                mask.code(lang)
-                        if term.layers:
-                            from .operation import parse_layers
 
-                            parse_layers(term.layers, mask.n_layers)
-                    except (MaskError, InterventionError) as e:
-                        raise GridError(f"intervention {spec.label!r}: {e}") from None
         if isinstance(self.multiplex, bool):  # YAML 1.1 reads the documented on / off as booleans
             self.multiplex = "on" if self.multiplex else "off"
         if self.multiplex not in ("auto", "on", "off"):

@@ -68,7 +68,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from .operation import MASK_VALUES, MODES, SCOPES, InterventionError, Operation, parse_layers, parse_scope  # noqa: F401
+from .operation import MASK_VALUES, MODES, InterventionError, Operation, parse_layers, parse_scope  # noqa: F401
 from .sites import Site, find_sites
 
 
@@ -154,8 +154,7 @@ class Composite:
     @property
     def n_neurons(self) -> int:
         """Distinct neurons touched by any term."""
-        seen = {(l, int(j)) for t in self.terms for l, js in t.neurons.items() for j in js.tolist()}
-        return len(seen)
+        return sum(int(j.numel()) for j in self.neurons.values())
 
     @property
     def neurons(self) -> dict[int, torch.Tensor]:
@@ -423,7 +422,7 @@ def intervene(
         raise InterventionError("several interventions need rows= (each batch row's index into the list)")
     if isinstance(rows, torch.Tensor):
         rows = rows.tolist()
-    if not any(iv is not None and as_composite(iv).neurons for iv in ivs):
+    if not any(t.neurons for iv in ivs if iv is not None for t in as_composite(iv).terms):
         yield None
         return
     sites = sites if sites is not None else find_sites(model)

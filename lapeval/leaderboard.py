@@ -23,9 +23,10 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 from pathlib import Path
+
+from .report import _avg, interval
 
 TIE_DIGITS = 4
 
@@ -37,17 +38,10 @@ def mean_delta_interval(replicates: list) -> tuple[float, float]:
     cell) averaged replicate by replicate, then the 2.5 / 97.5 percentiles."""
     import numpy as np
 
-    from .report import interval
-
     reps = [np.asarray(r, dtype=float) for r in replicates if r is not None]
     if not reps:
         return math.nan, math.nan
     return interval(np.mean(np.stack(reps), axis=0))
-
-
-def _avg(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return sum(xs) / len(xs) if xs else None
 
 
 def _num(x):
@@ -295,7 +289,3 @@ def write(out: Path, lb: dict, models: dict, images: dict, title: str) -> list[P
     write_text(paths[1], to_csv(lb))
     write_text(paths[2], report_html(lb, models, images, title))
     return paths
-
-
-def dumps(lb: dict) -> str:
-    return json.dumps(lb, indent=1, ensure_ascii=False)

@@ -132,44 +132,44 @@ class Setting:
     def key(self, langs=None) -> dict:
         """What determines the computation for requests run with ``langs`` (cache key, provenance). A
         one-term setting in scope all keeps the key it always had (old caches and grid cells stay valid)."""
-        res = self._resolution(langs)
+        return self._key(self._resolution(langs))
 
+    def _key(self, per_term) -> dict:
+        """The key with each term's languages as given: codes, or (provenance only) a per-request word."""
         def term(t: SettingTerm, r) -> dict:
-            d = {"languages": list(r), "mode": t.op.mode, "value": t.op.value,
+            d = {"languages": r if isinstance(r, str) else list(r), "mode": t.op.mode, "value": t.op.value,
                  "layers": "all" if t.layers is None else list(t.layers)}
             if t.op.factor != 1.0:
                 d["factor"] = t.op.factor
             return d
 
         if self.single:
-            return {"neurons_sha256": self.sha256, **term(self.terms[0], res[0])}
-        return {"neurons_sha256": self.sha256, "terms": [term(t, r) for t, r in zip(self.terms, res)],
+            return {"neurons_sha256": self.sha256, **term(self.terms[0], per_term[0])}
+        return {"neurons_sha256": self.sha256, "terms": [term(t, r) for t, r in zip(self.terms, per_term)],
                 "scope": self.scope}
 
     def describe(self) -> dict:
         """Provenance (``config.lape.intervention``): the key, the mask, the label and, when languages come from
         the requests, the languages they were routed to and, per task, the requests that ran unmodified."""
-        if self.per_request:
-            d = self.key(tuple(("?",) for _ in self.terms))
-            for t, dt in zip(self.terms, d.get("terms", [d])):
-                dt["languages"] = t.languages if t.per_request else list(t.languages)
-            if self.single:
-                d["languages"] = sorted(self.used)
-        else:
-            d = self.key()
+        def shown(t: SettingTerm):  # a one-term self setting lists the languages it was routed to
+            if not t.per_request:
+                return list(t.languages)
+            return sorted(self.used) if self.single else t.languages
+
+        def counts(t: SettingTerm) -> dict:
+            langs = sorted(self.used) if t.per_request else t.languages
+            return {l: Intervention.from_mask(self.mask, (l,), t.op, layers=t.layers).n_neurons for l in langs}
+
+        d = self._key([shown(t) for t in self.terms])
         if self.single:
             d["lang"] = self.terms[0].languages if self.terms[0].per_request else list(self.terms[0].languages)
         d.update(label=self.label, neurons=str(self.mask.path) if self.mask.path else None,
                  mask_languages=list(self.mask.languages))
         if self.single:
-            t = self.terms[0]
-            d["n_neurons"] = {l: Intervention.from_mask(self.mask, (l,), t.op, layers=t.layers).n_neurons
-                              for l in (sorted(self.used) if t.per_request else t.languages)}
+            d["n_neurons"] = counts(self.terms[0])
         else:
             for t, dt in zip(self.terms, d["terms"]):
-                langs = sorted(self.used) if t.per_request else t.languages
-                dt["n_neurons"] = {l: Intervention.from_mask(self.mask, (l,), t.op, layers=t.layers).n_neurons
-                                   for l in langs}
+                dt["n_neurons"] = counts(t)
         if self.lang_map:
             d["lang_map"] = self.lang_map.to_dict()
         if self.per_request:
@@ -274,6 +274,18 @@ def cache_identity(model: str, dtype: str, setting: Setting | None, langs: tuple
     task's metadata), and None for a request that ran unmodified: routing enters every key through the
     languages actually applied, so a changed ``lang_map`` never reuses an answer computed otherwise."""
     return {"model": model, "dtype": dtype, "intervention": None if langs is None else setting.key(langs)}
+
+
+def check_spec(spec: Spec, mask: NeuronMask) -> None:
+    """Every language a term of ``spec`` names is in ``mask`` and every layer subset fits its layers (one-line
+    :class:`~lapeval.masks.MaskError` / :class:`InterventionError`) — before any model loads. Terms without
+    languages, ``all`` and the per-request words are resolved later, against each target or request."""
+    for t in spec.terms:
+        for lang in t.languages or ():
+            if lang not in (*LANG_WORDS, "all"):
+                mask.code(lang)
+        if t.layers:
+            parse_layers(t.layers, mask.n_layers)
 
 
 def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = None, d_ff: int | None = None,
