@@ -1,30 +1,162 @@
-"""Small file helpers: atomic writes (nothing half-written is ever left behind) and hashing."""
+"""Small file helpers: atomic writes (nothing half-written is ever left behind), output checks and hashing.
+
+Every file lapeval writes goes through :func:`atomic_path`: the bytes go to a temporary file beside the
+target (``.<name>.<pid>.<random><suffix>``), which is renamed onto the target in one step once complete. A
+failure — a full disk, a read-only file system, Ctrl-C — removes the temporary file (and the folders the
+write created) and raises :class:`OutputError`, a one-line :class:`~lapeval.errors.LapevalError` naming
+the path, what the system said and the fix. A temporary file left by a process that was killed outright
+(SIGKILL) is swept by the next write of the same target.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import OutputError
+
+_FIX = {
+    errno.ENOSPC: "free space there (or choose another output location) and rerun: finished work is kept",
+    errno.EDQUOT: "free space within your quota (or choose another output location) and rerun: finished work is kept",
+    errno.EROFS: "the file system is read-only: choose a writable output location",
+    errno.EACCES: "no permission to write there: choose a writable output location",
+    errno.EPERM: "no permission to write there: choose a writable output location",
+    errno.EISDIR: "it is a directory: give a file path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another output location",
+    errno.ENAMETOOLONG: "shorten the path",
+}
+
+
+def output_error(path, exc: OSError, what: str = "", verb: str = "write", fix: str | None = None) -> OutputError:
+    """The one-line :class:`OutputError` for an ``OSError`` met while writing ``path``."""
+    code = exc.errno
+    name = errno.errorcode.get(code, "") if code else ""
+    said = exc.strerror or str(exc)
+    fix = fix or _FIX.get(code, "check the output location and rerun")
+    where = f"{what} {path}" if what else str(path)
+    err = OutputError(f"cannot {verb} {where}: {said}{f' ({name})' if name else ''}; {fix}")
+    err.errno, err.filename = code, str(path)
+    return err
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(path, what: str = "", directory: bool = False) -> Path:
+    """Before an expensive step: can ``path`` (a file, or with ``directory=True`` a folder) be written?
+    Nothing is created; a probe file is made and removed in the nearest existing folder. Raises
+    :class:`OutputError` naming the path when not (a directory where a file is wanted, a file on the way,
+    a read-only or full file system, no permission)."""
+    path = Path(path)
+    if not directory and path.is_dir():
+        raise output_error(path, OSError(errno.EISDIR, os.strerror(errno.EISDIR)), what)
+    if directory and path.exists() and not path.is_dir():
+        raise output_error(path, OSError(errno.ENOTDIR, "it exists and is a file"), what, fix="give a folder path")
+    base = _nearest_existing(path if directory else path.parent)
+    if not base.is_dir():
+        raise output_error(path, OSError(errno.ENOTDIR, f"{base} is a file"), what)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lapeval-probe.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise output_error(path, e, what) from None
+    return path
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temporary files of ``path`` left by killed processes of this host (their pid is gone)."""
+    host = socket.gethostname()
+    try:
+        candidates = list(path.parent.glob(f".{path.name}.{host}-*.*"))
+    except OSError:
+        return
+    for tmp in candidates:
+        pid = tmp.name[len(f".{path.name}.{host}-"):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; returns them (deepest last) for cleanup on failure."""
+    made = []
+    p = path.parent
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise OSError(errno.ENOTDIR, f"{p} is a file")
+    for d in reversed(made):
+        d.mkdir(exist_ok=True)
+    return made
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Make the finished temporary file the target: its bytes on disk, then one rename."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step."""
+def atomic_path(path: str | os.PathLike, suffix: str = "", what: str = ""):
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step. An
+    ``OSError`` on the way (full disk, read-only, ``path`` a directory) becomes a one-line
+    :class:`OutputError`; the temporary file and the folders made for it are removed on any failure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
+    if path.is_dir():
+        raise output_error(path, OSError(errno.EISDIR, os.strerror(errno.EISDIR)), what)
+    made: list[Path] = []
+    tmp = None
+    ok = False
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
+        try:
+            made = _make_parents(path)
+            _sweep_stale(path)
+            fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=suffix or path.suffix, dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+        except OSError as e:
+            raise output_error(path, e, what) from None
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+            _commit(tmp, path)
+        except OSError as e:
+            if isinstance(e, OutputError):
+                raise
+            raise output_error(path, e, what) from None
+        ok = True
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if not ok:
+            for d in made:  # deepest first
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
 
 
 def _umask() -> int:
@@ -76,8 +208,24 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
     header = json.loads(raw[8 : 8 + n])
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(len(text) + 8) % 8)
+    return write_bytes(path, struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            fh.write(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+            fh.write(data)
     return path
+
+
+def torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`write_bytes` (torch's own file writer turns a full disk into a
+    RuntimeError; here it is an ``OSError`` like every other write)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getvalue())

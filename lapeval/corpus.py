@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LapevalError
+from .errors import LapevalError, LapevalWarning
 from .languages import get as get_language
 
 
@@ -114,7 +114,7 @@ def _check_flores_split(src: Source, part: str) -> None:
         import warnings
 
         _WARNED.add("devtest")
-        warnings.warn(DEVTEST_OVERLAP, UserWarning, stacklevel=3)
+        warnings.warn(DEVTEST_OVERLAP, LapevalWarning, stacklevel=3)
     root = Path(src.arg)
     if not ((root / split).is_dir() or any(root.glob(f"*.{split}"))):
         raise CorpusError(f"{part}: no {split} split in {root} (looked for {root / split}/<code>.{split}); "
@@ -132,6 +132,20 @@ def check_languages(sources: list[Source], languages: list[str]) -> None:
         raise CorpusError(f"corpus {spec} has no text for {', '.join(missing)}: add a source that has them (e.g. +flores:DIR)")
 
 
+SCAN_LIMIT = 256 << 20  # local files up to this size are read through before the model loads
+
+
+def check_readable(sources: list[Source], languages: list[str]) -> None:
+    """Read every local file of ``languages`` through once (up to :data:`SCAN_LIMIT` bytes each), so that a
+    file that is not UTF-8 or a broken ``.jsonl`` line fails in one line before the model loads."""
+    for src in sources:
+        for lang in languages:
+            p = src.local_file(lang)
+            if p is not None and p.stat().st_size <= SCAN_LIMIT:
+                for _ in _read_local(p):
+                    pass
+
+
 def texts(sources: list[Source], lang: str) -> Iterator[str]:
     """All texts of ``lang``, source after source, empty lines skipped."""
     for src in sources:
@@ -141,17 +155,46 @@ def texts(sources: list[Source], lang: str) -> Iterator[str]:
 
 
 def _read_local(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    obj = json.loads(line)
-                    if "text" not in obj:
-                        raise CorpusError(f"{path}:{n} has no 'text' field")
-                    yield obj["text"]
+    """The texts of one local file; a line that is not UTF-8 or (``.jsonl``) not a JSON object with a
+    ``text`` string is a one-line :class:`CorpusError` naming the file and line."""
+    with open(path, "rb") as f:  # decoded line by line: an error names its line exactly
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{path}:{n} is not UTF-8 text (byte {raw[e.start]:#04x}): convert the file to "
+                                  "UTF-8 (e.g. iconv -t utf-8)") from None
+            if path.suffix != ".jsonl":
+                yield line.rstrip("\r\n")
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{path}:{n} is not JSON ({e.msg}): a .jsonl corpus holds one JSON object "
+                                  "per line with a 'text' field; fix or remove that line") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise CorpusError(f"{path}:{n} has no 'text' field (a string): a .jsonl corpus holds one JSON object per "
+                                  "line with a 'text' field")
+            yield obj["text"]
+
+
+def state(sources: list[Source], lang: str) -> list:
+    """What ``lang``'s text is, for resume keys: per local source its file, size and modification time
+    (an edited, replaced or added file changes it); hub sources by their spec (their revision is the hub's)."""
+    out = []
+    for src in sources:
+        if src.kind in ("flores", "ntrex", "tico", "files"):
+            p = src.local_file(lang)
+            if p is not None:
+                st = p.stat()
+                out.append([str(src), str(p.resolve()), st.st_size, st.st_mtime_ns])
+            else:
+                out.append([str(src), None])
         else:
-            for line in f:
-                yield line.rstrip("\n")
+            out.append([str(src)])
+    return out
 
 
 def _fill(pattern: str, L) -> str:

@@ -149,15 +149,47 @@ def _md_matrix(rows: list[str], cols: list[str], cell, corner: str = "") -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DemoConfig, log=print) -> Path:
+def validate(cfg: DemoConfig) -> list[str]:
+    """Everything checked before the model loads: sizes, languages and their bundled text, the mask, the
+    output folder. Returns the languages."""
+    from ._io import check_writable
     from .languages import parse_list
+
+    for name in ("n_eval", "n_facts", "n_prompts", "max_gen_toks", "batch_size"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {v}: give a positive whole number")
+    if cfg.n_prompts > cfg.n_eval:
+        raise UsageError(f"--n-prompts {cfg.n_prompts}: the prompts come from the {cfg.n_eval} held-out sentences "
+                         f"(--n-eval): give at most {cfg.n_eval}")
+    langs = parse_list(cfg.languages)
+    if len(langs) < 2:
+        raise UsageError(f"--languages {cfg.languages}: the demo compares languages: give at least two")
+    for l in langs:
+        n = len(demo_sentences(l))
+        if cfg.n_eval >= n:
+            raise UsageError(f"--n-eval {cfg.n_eval}: the bundled {l} text has {n} sentences and identification "
+                             f"needs some of them: give at most {n - 1}")
+    if not cfg.recompute:
+        from .masks import NeuronMask
+
+        mask = NeuronMask.load(Path(cfg.mask) if cfg.mask else committed_mask())
+        missing = [l for l in langs if l not in mask.languages]
+        if missing:
+            raise UsageError(f"the mask has no neurons for {', '.join(missing)}: choose --languages among "
+                             f"{', '.join(mask.languages)}")
+    check_writable(cfg.out, "--out", directory=True)
+    return langs
+
+
+def run(cfg: DemoConfig, log=print) -> Path:
     from .lm import LapeLM
     from .plot import heatmap, plot_mask
 
     started = time.time()
+    langs = validate(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    langs = parse_list(cfg.languages)
     held_out = {l: split_text(l, cfg.n_eval)[1] for l in langs}
 
     # 1. the neurons

@@ -33,3 +33,16 @@ class MissingPackageError(LapevalError, RuntimeError):
 
 class ModelLoadError(LapevalError, ValueError):
     """A model that cannot be found or loaded (bad name, dtype, folder)."""
+
+
+class OutputError(LapevalError, OSError):
+    """An output location that cannot be written (a directory in the way, read-only, full, no permission):
+    the message names the path, what the system said and the fix."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." rendering
+        return str(self.args[0]) if self.args else ""
+
+
+class LapevalWarning(UserWarning):
+    """Input that is used but is probably not what was meant (a corpus shorter than the token budget, ...);
+    the ``lapeval`` command prints it as one line ``lapeval COMMAND: warning: MESSAGE``."""

@@ -423,6 +423,10 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     cands = list({c.label: c for c in [*graded, *cands]}.values())
     check_candidates(cands, mask, tgts)
     js, md, png = factor_paths(mask.path or neurons, out)
+    from ._io import check_writable
+
+    for path in (js, md, png):  # before hours of scoring, not after
+        check_writable(path, "--out" if out else "the output beside the mask")
 
     started = time.time()
     # the facts are read and checked (every target has objects) before the model loads

@@ -302,6 +302,9 @@ class GridConfig:
                         raise GridError(f"value {op.value} is not stored in {self.neurons} for every language: use a "
                                         "number, tt_max / tt_p10, or a mask identified with statistics")
 
+        from .models import check_device
+
+        check_device(self.device, "device:")
         if isinstance(self.multiplex, bool):  # YAML 1.1 reads the documented on / off as booleans
             self.multiplex = "on" if self.multiplex else "off"
         if self.multiplex not in ("auto", "on", "off"):
@@ -589,6 +592,10 @@ def _run_cells(cfg: GridConfig, log, lm, only: set[str], requests_shard=None) ->
                 # ranks split the cells: each evaluates its own cells alone (HFLM joined accelerate's group
                 # on GPUs and would otherwise split every cell's requests with ranks running other cells)
                 lm._rank, lm._world_size = 0, 1
+        if cfg.neurons and any(c.target is not None for c in todo):  # before the first cell, not after the baseline
+            from .masks import NeuronMask
+
+            NeuronMask.load(cfg.neurons).check_model(len(lm.sites), lm.sites[0].d_ff, f"model {cfg.label}")
         log(f"grid: model and {len(loaded['tasks'])} task(s) loaded in {time.time() - started:.0f}s")
         multiplex = cfg.multiplex == "on" or (cfg.multiplex == "auto" and str(lm.device).startswith("cuda"))
         bar = tqdm(todo, desc="grid cells", unit="cell")

@@ -51,6 +51,21 @@ def _check_sizes(**sizes: int) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
 
 
+def _check_rates(**rates: float) -> None:
+    for name, v in rates.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise UsageError(f"{name}={v} is outside (0, 1]: pass a fraction such as 0.01 or 0.95")
+
+
+def _check_mask_out(out) -> None:
+    """A mask output: a ``.safetensors`` file path that can be written (checked before any computing)."""
+    from ._io import check_writable
+
+    if Path(out).suffix != ".safetensors":
+        raise UsageError(f"--out {out} should end in .safetensors (mask files are safetensors)")
+    check_writable(out, "--out")
+
+
 def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_000, n_sentences: int = 100,
             max_length: int = 512, batch_tokens: int = 8192, batch_size: int = 64, dtype: str = "float32",
             device: str | None = None, site: str | None = None, progress: bool = True, log=print):
@@ -74,11 +89,18 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     from .models import load
     from .stats import CollectConfig, collect as collect_stats
 
+    from ._io import check_writable
+    from .models import check_device, check_dtype
+
     langs = parse_list(languages)
     sources = corpora.parse(corpus)
     corpora.check_languages(sources, langs)
+    corpora.check_readable(sources, langs)
     _check_sizes(max_tokens=max_tokens, n_sentences=n_sentences, max_length=max_length,
                  batch_tokens=batch_tokens, batch_size=batch_size)
+    check_device(device)
+    check_dtype(dtype)
+    check_writable(out, "--out")
     net, tok = load(model, dtype, device)
     from .sites import find_sites
 
@@ -86,7 +108,7 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     cfg = CollectConfig(max_tokens, n_sentences, max_length, batch_tokens, batch_size)
     meta = stats_meta(model, net, langs, corpus, dtype, sites=sites, site=site)
     return collect_stats(net, tok, langs, lambda lang: corpora.texts(sources, lang), Path(out), cfg, meta,
-                         progress=progress, log=log, sites=sites)
+                         progress=progress, log=log, sites=sites, corpus_state=lambda lang: corpora.state(sources, lang))
 
 
 def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
@@ -110,20 +132,26 @@ def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: 
     from .masks import NeuronMask
     from .stats import Stats
 
+    if method not in METHODS:
+        raise UsageError(f"unknown selection method {method!r}: use {' or '.join(METHODS)}")
+    _check_rates(top_rate=top_rate, filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio)
+    if out is not None:
+        _check_mask_out(out)
     if not isinstance(stats, Stats):
         stats = Stats.load(stats)
     if method == "lape":
         sel = select_lape(stats.over_zero, stats.n_tokens, top_rate, filter_rate, activation_bar_ratio)
     elif method == "language-activated":
-        if "act_min" not in stats.act:
-            raise UsageError("language-activated selection needs act_min in STATS: collect with --n-sentences > 0")
+        if "act_min" not in stats.act or stats.n_sentences is None or not bool((stats.n_sentences > 0).all()):
+            raise UsageError("language-activated selection needs per-text mean activations (act_min) for every "
+                             "language in STATS: collect with --n-sentences > 0")
         sel = select_language_activated(stats.act["act_min"])
     else:
         raise UsageError(f"unknown selection method {method!r}: use {' or '.join(METHODS)}")
     values = {}
     if "act_max" in stats.act and stats.n_sentences is not None and bool((stats.n_sentences > 0).all()):
         values = {"p_max": stats.act["act_max"], "p_median": stats.act["act_median"]}
-    meta = {k: v for k, v in stats.meta.items() if k != "languages"}
+    meta = {k: v for k, v in stats.meta.items() if k not in ("languages", "run_keys")}
     meta["selection"] = sel.params
     meta["n_sentences"] = dict(zip(stats.languages, (stats.n_sentences.tolist() if stats.n_sentences is not None else [])))
     mask = NeuronMask.from_assignment(sel.assigned, stats.languages, values, meta)
@@ -157,10 +185,20 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
     """
     import tempfile
 
-    if out is not None and Path(out).suffix != ".safetensors":
-        raise UsageError(f"--out {out} should end in .safetensors (mask files are safetensors)")
+    from ._io import check_writable
+
+    if out is not None:
+        _check_mask_out(out)
     if method not in METHODS:
         raise UsageError(f"unknown selection method {method!r}: use {' or '.join(METHODS)}")
+    if method == "language-activated" and n_sentences == 0:
+        raise UsageError("--method language-activated needs per-text mean activations: give --n-sentences > 0 "
+                         "(it selects neurons whose mean activation is > 0 on every one of those texts)")
+    _check_rates(top_rate=top_rate, filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio)
+    if stats_out is not None:
+        check_writable(stats_out, "--stats-out")
+    if plot and out is not None:
+        check_writable(Path(out).with_suffix(".png"), "the plot")
     kw = dict(max_tokens=max_tokens, n_sentences=n_sentences, max_length=max_length, batch_tokens=batch_tokens,
               batch_size=batch_size, dtype=dtype, device=device, site=site, progress=progress, log=log)
     if out is None and stats_out is None:

@@ -90,6 +90,7 @@ class LapeLM(HFLM):
             pretrained = models.resolve(pretrained)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        models.check_device(device, "device=")  # HFLM would fail later with an assertion deep in torch
         super().__init__(pretrained=pretrained, device=device, **kwargs)
         self.sites = find_sites(self.model, site=site)  # site=: a module path with {layer}, else structural
         self._lape: Setting | None = None

@@ -102,6 +102,36 @@ def check_sources(sources: Sequence[str], facts: str | None = None) -> None:
                          f"for other languages give --facts DIR with <lang>/test.jsonl")
 
 
+def check_facts_reachable(sources: Sequence[str], facts: str | None = None) -> None:
+    """Offline (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``) with the facts on the hub and no local copy of
+    them: one line naming the fix, before anything loads."""
+    if facts_location(facts) is not None:
+        return
+    if hub_offline() and not _hub_cached(HUB_FACTS[4:]):
+        raise UsageError(f"the facts of {', '.join(sources)} would come from the hub ({HUB_FACTS[4:]}), which is "
+                         "unreachable offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): pass --facts DIR (MLAMA-dod-185 "
+                         "layout) or --facts builtin, or set LAPEVAL_MLAMA_DIR")
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off for datasets here (``HF_HUB_OFFLINE`` /
+    ``HF_DATASETS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_cached(repo: str) -> bool:
+    """Whether a hub dataset has a local copy in the hub or datasets cache (offline mode can then read it)."""
+    try:
+        from datasets import config as dconfig
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    owner, name = repo.split("/", 1)
+    return ((Path(constants.HF_HUB_CACHE) / f"datasets--{owner}--{name}").is_dir()
+            or (Path(dconfig.HF_DATASETS_CACHE) / f"{owner}___{name.lower()}").is_dir())
+
+
 def lss_task_config(source: str, facts_dir: str | Path | None = None) -> dict:
     """The lm-eval task config of ``lss_<source>`` for any language: lapeval's LSS template with that
     config (and, when given, the facts folder baked in, so that the task needs no environment variable)."""
@@ -132,7 +162,11 @@ def load_lss_tasks(sources: Sequence[str]) -> dict:
 
     tm = TaskManager(include_defaults=False, include_path=str(tasks_path()))
     specs = [f"lss_{s}" if f"lss_{s}" in tm.all_tasks else lss_task_config(s) for s in sources]
-    loaded = tm.load(specs)["tasks"]
+    try:
+        loaded = tm.load(specs)["tasks"]
+    except ConnectionError as e:
+        raise UsageError(f"the hub is unreachable for the facts ({str(e).splitlines()[0][:160]}): pass --facts DIR "
+                         "or --facts builtin, or set LAPEVAL_MLAMA_DIR") from None
     return {s: loaded[f"lss_{s}"] for s in sources}
 
 
@@ -312,6 +346,12 @@ def check_targets(tasks: dict, targets: Sequence[str], limit, where: str) -> Non
 def loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, sources, targets, limit):
     """(lm, model name, where the facts come from, the lss tasks) with ``facts`` in the environment and
     ``lm``'s own setting restored on exit; the facts are read and checked before the model loads."""
+    if isinstance(model_or_lm, str):
+        from .models import check_device, check_dtype
+
+        check_device(device)
+        check_dtype(dtype)
+    check_facts_reachable(sources, facts)
     with facts_env(facts) as where:
         tasks = load_lss_tasks(sources)
         check_targets(tasks, targets, limit, where)
@@ -389,8 +429,13 @@ def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     """
     started = time.time()
     srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, None, limit, facts)
-    if out is not None and Path(out).suffix != ".json":
-        raise UsageError(f"--out {out}: give a .json path (the .png and .md go beside it)")
+    if out is not None:
+        from ._io import check_writable
+
+        if Path(out).suffix != ".json":
+            raise UsageError(f"--out {out}: give a .json path (the .png and .md go beside it)")
+        for path in (Path(out), Path(out).with_suffix(".png"), Path(out).with_suffix(".md")):
+            check_writable(path, "--out")
     n_neurons = {k: {t: int(mask.per_layer(t)[k].numel()) for t in tgts} for k in range(mask.n_layers)}
     with loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, srcs, tgts, limit) as (lm, name, where, tasks):
         base = paired_baseline(lm, tasks, tgts, limit=limit, log=log)
@@ -452,3 +497,58 @@ def write_layers(result: dict, out) -> list[Path]:
             + ", ".join(f"{s} {n}" for s, n in result["n_items"].items()) + f"; {result['seconds']:.0f} s.\n\n")
     write_text(md, head + "\n".join(rows) + "\n")
     return [js, png, md]
+
+
+def lss_score(baseline, intervened: dict, *, log=print) -> dict:
+    """The LSS matrix from lm-eval sample logs of the ``lss_*`` tasks — what ``lapeval lss score`` prints:
+    ``baseline`` a run without intervention, ``intervened`` ``{t: run with t's neurons amplified}``; a run is
+    a ``samples_lss_<s>*.jsonl`` file, an lm-eval output folder or a grid cell.
+
+    Each run's own record (``config.lape`` in the results JSON beside its samples) is checked: the
+    baseline must have no intervention and the run given for t must have intervened on t alone; a run
+    without a record is used with a one-line warning. Logs without any ``lss_*`` sample are refused.
+    Returns ``{"matrix", "per_target", "mean_off_diagonal", ...}``."""
+    import warnings
+
+    from . import __version__
+    from .errors import LapevalWarning
+    from .languages import normalize
+    from .metrics import lss
+    from .results import NOT_RECORDED, ResultsError, run_intervention
+
+    def read(path, label: str) -> dict:
+        samples = lss.read_samples(path)
+        if not any(samples.values()):
+            raise ResultsError(f"{label}: no lss_* samples in it (an empty log?): run lm_eval with "
+                               "--tasks lss_<s> --log_samples and give that file or folder")
+        return samples
+
+    def record(path, role: str, lang: str | None) -> None:
+        iv = run_intervention(path)
+        if iv is NOT_RECORDED:
+            warnings.warn(f"{role} {path}: no results JSON beside it, so which neurons it amplified cannot be "
+                          "checked", LapevalWarning)
+        elif lang is None and iv is not None:
+            raise UsageError(f"--baseline {path} was run with an intervention ({iv.get('label') or iv.get('mode')} "
+                             f"on {', '.join(iv.get('languages') or ['?'])}): give a run without one")
+        elif lang is not None and iv is None:
+            raise UsageError(f"--intervened {lang}={path} was run without an intervention: give the run that "
+                             f"amplified {lang}'s neurons")
+        elif lang is not None and list(iv.get("languages") or []) != [lang]:
+            got = ", ".join(iv.get("languages") or []) or str(iv.get("lang"))
+            raise UsageError(f"--intervened {lang}={path} amplified {got}, not {lang}: pair each run with the "
+                             f"language it amplified ({got}={path})")
+
+    runs = {}
+    for lang, path in intervened.items():
+        code = normalize(lang)
+        record(path, "--intervened", code)
+        runs[code] = read(path, f"--intervened {code}={path}")
+    record(baseline, "--baseline", None)
+    matrix = lss.score_logs(read(baseline, f"--baseline {baseline}"), runs)
+    if not any(matrix.values()):
+        raise ResultsError("no (source, target) pair off the diagonal in these logs: the intervened runs need "
+                           "lss_<s> samples of other sources than their own language")
+    return {"matrix": matrix, **lss.summarize(matrix), "source": "sample logs", "baseline": str(baseline),
+            "intervened": {k: str(v) for k, v in intervened.items()}, "lapeval_version": __version__}
+

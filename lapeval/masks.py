@@ -24,7 +24,7 @@ from safetensors import safe_open
 
 
 from . import __version__
-from ._io import atomic_path, save_safetensors, sha256_file
+from ._io import save_safetensors, sha256_file, torch_save
 from .errors import LapevalError
 from .languages import PAPER1_LANGUAGES, PAPER2_LANGUAGES, normalize, parse_list
 
@@ -188,18 +188,39 @@ class NeuronMask:
             raise MaskError(f"{path} is not a safetensors mask file ({e}); import reference .pth files with lapeval masks import") from None
         if header.get("format") != FORMAT:
             raise MaskError(f"{path} is not a lapeval neuron mask (format={header.get('format')!r}); import it with lapeval masks import")
-        if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        version = str(header.get("format_version", "0"))
+        if not version.isdigit():
+            raise MaskError(f"{path} is a corrupt mask file: format_version {version!r} is not a number")
+        if int(version) > FORMAT_VERSION:
             raise MaskError(f"{path} has mask format {header['format_version']}, newer than this lapeval reads: upgrade lapeval")
-        languages = json.loads(header["languages"])
-        n_layers, d_ff = int(header["n_layers"]), int(header["d_ff"])
+        bad = f"{path} is a corrupt mask file"
+        try:
+            languages = json.loads(header["languages"])
+            n_layers, d_ff = int(header["n_layers"]), int(header["d_ff"])
+            meta = json.loads(header.get("lapeval", "{}"))
+        except KeyError as e:
+            raise MaskError(f"{bad}: its metadata lacks {e.args[0]!r}; re-save it with lapeval identify or select") from None
+        except ValueError as e:  # json.JSONDecodeError too
+            raise MaskError(f"{bad}: unreadable metadata ({str(e).splitlines()[0]}); re-save it with lapeval identify or select") from None
+        if not (isinstance(languages, list) and all(isinstance(l, str) for l in languages) and languages):
+            raise MaskError(f"{bad}: its 'languages' metadata is not a list of codes; re-save it with lapeval select")
+        if not isinstance(meta, dict):
+            raise MaskError(f"{bad}: its 'lapeval' metadata is not a JSON object; re-save it with lapeval select")
         sets = {}
         for lang in languages:
+            lacking = [k for k in (f"{lang}.layer", f"{lang}.neuron") if k not in tensors]
+            if lacking:
+                raise MaskError(f"{bad}: no {' / '.join(lacking)} tensor for {lang} (a language of its metadata); "
+                                "re-save it with lapeval identify or select")
             vals = {k: tensors[f"{lang}.{k}"] for k in VALUE_KINDS if f"{lang}.{k}" in tensors}
             s = LanguageNeurons(tensors[f"{lang}.layer"].long(), tensors[f"{lang}.neuron"].long(), vals)
-            if len(s) and (int(s.layer.max()) >= n_layers or int(s.neuron.max()) >= d_ff or int(s.layer.min()) < 0):
+            if s.layer.shape != s.neuron.shape or any(v.shape != s.layer.shape for v in vals.values()):
+                raise MaskError(f"{bad}: the tensors of {lang} differ in length")
+            if len(s) and (int(s.layer.max()) >= n_layers or int(s.neuron.max()) >= d_ff or int(s.layer.min()) < 0
+                           or int(s.neuron.min()) < 0):
                 raise MaskError(f"{path}: {lang} indexes a neuron outside {n_layers} layers × {d_ff}; the file is corrupt")
             sets[lang] = s
-        return cls(languages, n_layers, d_ff, sets, json.loads(header.get("lapeval", "{}")), path)
+        return cls(languages, n_layers, d_ff, sets, meta, path)
 
     def sha256(self) -> str:
         if self.path is None:
@@ -283,8 +304,7 @@ def export_reference(mask: NeuronMask, path: str | Path, fmt: str = "rucaibox") 
         raise MaskError(f"unknown mask format {fmt!r}: use one of {', '.join(FORMATS)}")
     path = Path(path)
     written = []
-    with atomic_path(path) as tmp:
-        torch.save([mask.per_layer(lang) for lang in mask.languages], str(tmp))
+    torch_save([mask.per_layer(lang) for lang in mask.languages], path)
     written.append(path)
     if fmt == "lang-task-neuron":
         for kind, suffix in (("p_max", "max"), ("p_median", "median")):
@@ -295,7 +315,6 @@ def export_reference(mask: NeuronMask, path: str | Path, fmt: str = "rucaibox") 
                 s = mask.sets[lang]
                 full[i, s.layer, s.neuron] = s.values[kind]
             out = path.with_name(f"{path.stem}.{suffix}.pt")
-            with atomic_path(out) as tmp:
-                torch.save(full, str(tmp))
+            torch_save(full, out)
             written.append(out)
     return written

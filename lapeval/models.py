@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputFileError, MissingPackageError, ModelLoadError
+from .errors import InputFileError, MissingPackageError, ModelLoadError, UsageError
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,41 @@ def identity(model: str) -> dict:
     return {"model_id": model, "model_revision": "", "model_source": "local" if Path(model).exists() else "hub"}
 
 
+DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """One line, before anything loads, when ``device`` names an accelerator this torch cannot use
+    (``cuda`` on a CPU-only build or a machine without a GPU, ``cuda:3`` on a 2-GPU node, ``mps`` off Apple)."""
+    if device is None:
+        return
+    import torch
+
+    sep = "" if flag.endswith("=") else " "
+    given, cpu = f"{flag}{sep}{device}", f"{flag}{sep}cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        if str(device).split(":")[0] in ("npu", "hpu", "xla"):  # backends that register themselves on import
+            return
+        raise UsageError(f"{given}: not a device: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"{given}: {why} (torch {torch.__version__}): use {cpu}, or install a "
+                             "CUDA build of torch on a GPU machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"{given}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"{given}: MPS is not available here: use {cpu}")
+
+
+def check_dtype(dtype: str, flag: str = "--dtype") -> None:
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+
+
 def load(model: str, dtype: str = "float32", device: str | None = None):
     """Load a causal LM and its tokenizer from a known name, local path or hub id, in eval mode.
 
@@ -182,6 +217,8 @@ def load(model: str, dtype: str = "float32", device: str | None = None):
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    check_device(device)
+    check_dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64, "auto": "auto"}

@@ -103,3 +103,27 @@ def cell_samples(cell_dir: str | Path, task: str) -> dict[str, dict[int, dict]]:
     for r in read_jsonl(p, "grid samples", "delete that cell's folder and rerun lapeval grid to redo it"):
         out.setdefault(r.get("filter", "none"), {})[int(r["doc_id"])] = r
     return out
+
+
+# ---- what a run was -------------------------------------------------------------------------------
+NOT_RECORDED = object()
+
+
+def run_intervention(path: str | Path):
+    """The intervention an lm-eval run (a samples file, its folder, or a grid cell) was made with, from the
+    ``config.lape`` that the ``lape`` model records in its results JSON: ``None`` for a run without one
+    (``hf`` or an idle ``lape``), the intervention's description otherwise, :data:`NOT_RECORDED` when no
+    results file is found beside the samples."""
+    p = Path(path)
+    found = p.rglob("results*.json") if p.is_dir() else p.parent.glob("results*.json")  # a file: only beside it
+    found = sorted(found, key=lambda f: f.stat().st_mtime)
+    if not found:
+        return NOT_RECORDED
+    res = read_json(found[-1], "results file", "rerun the evaluation")
+    cfg = res.get("config") if isinstance(res, dict) else None
+    if not isinstance(cfg, dict):
+        return NOT_RECORDED
+    lape = cfg.get("lape")
+    if not isinstance(lape, dict):
+        return None if cfg.get("model") == "hf" else NOT_RECORDED
+    return lape.get("intervention")

@@ -369,20 +369,41 @@ class Stats:
             raise StatsError(f"{path} is not a safetensors statistics file ({e})") from None
         if "over_zero" not in t or "n_tokens" not in t or "languages" not in header:
             raise StatsError(f"{path} lacks over_zero / n_tokens tensors or the 'languages' metadata key (see lapeval select --help)")
-        langs = json.loads(header["languages"])
+        try:
+            langs = json.loads(header["languages"])
+            meta = json.loads(header.get("lapeval", "{}"))
+        except ValueError as e:
+            raise StatsError(f"{path} is a corrupt statistics file: unreadable metadata ({str(e).splitlines()[0]}); "
+                             "collect it again") from None
+        if not (isinstance(langs, list) and langs and all(isinstance(l, str) for l in langs)) or not isinstance(meta, dict):
+            raise StatsError(f"{path} is a corrupt statistics file: its 'languages' metadata is not a list of codes; collect it again")
         oz, n = t["over_zero"], t["n_tokens"]
         if oz.dim() != 3 or oz.shape[0] != len(langs) or n.shape != (len(langs),):
             raise StatsError(f"{path}: over_zero must be [n_langs, n_layers, d_ff] and n_tokens [n_langs] for {len(langs)} languages")
         if (n <= 0).any():
             empty = [l for l, c in zip(langs, n.tolist()) if c <= 0]
             raise StatsError(f"{path}: no tokens counted for {', '.join(empty)}: collect more text for them")
+        if (oz < 0).any() or (oz > n.view(-1, 1, 1)).any():
+            i = int(((oz < 0) | (oz > n.view(-1, 1, 1))).flatten(1).any(1).nonzero()[0])
+            raise StatsError(f"{path}: over_zero of {langs[i]} lies outside 0..n_tokens ({int(n[i])}): a count of tokens "
+                             "with activation > 0 cannot exceed the tokens counted; the file is corrupt, collect it again")
         act = {k: t[k] for k in ("act_max", "act_median", "act_min") if k in t}
-        return cls(langs, oz.long(), n.long(), act, t.get("n_sentences"), json.loads(header.get("lapeval", "{}")))
+        for k, v in act.items():
+            if v.shape != oz.shape:
+                raise StatsError(f"{path}: {k} must have over_zero's shape {list(oz.shape)} (has {list(v.shape)})")
+        ns = t.get("n_sentences")
+        if ns is not None and (ns.shape != n.shape or (ns < 0).any()):
+            raise StatsError(f"{path}: n_sentences must be [n_langs] counts ≥ 0")
+        return cls(langs, oz.long(), n.long(), act, ns, meta)
 
 
 # ---- many languages, resumable ------------------------------------------------------------------
-def run_key(meta: dict, cfg: CollectConfig) -> str:
-    blob = json.dumps({"meta": meta, "cfg": cfg.key()}, sort_keys=True, default=str)
+def run_key(meta: dict, cfg: CollectConfig, corpus_state=None) -> str:
+    """What one language's statistics depend on: the model and corpus provenance (``meta``), the counting
+    settings, and ``corpus_state`` — what that language's text actually is (for local files their paths,
+    sizes and modification times: an edited file is collected again)."""
+    blob = json.dumps({"meta": meta, "cfg": cfg.key(), **({"corpus": corpus_state} if corpus_state else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -390,20 +411,44 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
+def _finished(out: Path, languages: list[str], keys: dict[str, str]) -> "Stats | None":
+    """The STATS file ``out`` when it already holds exactly these languages with these run keys."""
+    if not out.is_file():
+        return None
+    try:
+        done = Stats.load(out)
+    except LapevalError:
+        return None
+    return done if done.languages == list(languages) and done.meta.get("run_keys") == keys else None
+
+
 def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, cfg: CollectConfig,
-            meta: dict | None = None, progress: bool = True, log=print, sites: list[Site] | None = None) -> Stats:
+            meta: dict | None = None, progress: bool = True, log=print, sites: list[Site] | None = None,
+            corpus_state=None) -> Stats:
     """Collect every language into the STATS file ``out``. Each finished language is kept in
-    ``<out>.parts/<lang>.safetensors``; a rerun with the same settings skips those (resume)."""
+    ``<out>.parts/<lang>.safetensors`` under its run key (:func:`run_key`; ``corpus_state(lang)`` describes
+    its text); a rerun with the same settings and text skips those (resume), and a finished ``out`` with the
+    same keys is returned as it is. A language whose text is shorter than ``max_tokens`` (or has fewer
+    texts than ``n_sentences``) is counted on what there is, with a one-line warning."""
+    import warnings
+
+    from .errors import LapevalWarning
+
     out = Path(out)
     meta = dict(meta or {})
-    key = run_key(meta, cfg)
-    parts = parts_dir(out)
+    keys = {lang: run_key(meta, cfg, corpus_state(lang) if corpus_state else None) for lang in languages}
     rank, world = rank_world()
+    done = _finished(out, languages, keys)
+    if done is not None:
+        if rank == 0:
+            log(f"lapeval collect: {out} already holds {', '.join(languages)} with these settings, reusing it")
+        return done
+    parts = parts_dir(out)
     sites = sites or find_sites(model)
     per_lang: dict[str, LanguageStats] = {}
     for i, lang in enumerate(languages):
         part = parts / f"{lang}.safetensors"
-        done = _load_part(part, key)
+        done = _load_part(part, keys[lang])
         if done is not None:
             if rank == 0:
                 log(f"lapeval collect: {lang} already collected ({done.n_tokens} tokens), reusing {part}")
@@ -414,11 +459,19 @@ def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, c
         if st.n_tokens == 0:
             raise StatsError(f"no text found for {lang}: check the corpus spec")
         if rank == 0:
-            _save_part(part, st, key)
+            if st.n_tokens < cfg.max_tokens:
+                warnings.warn(f"{lang}: the corpus holds only {st.n_tokens} tokens, fewer than --max-tokens "
+                              f"{cfg.max_tokens}: its activation probabilities rest on {st.n_tokens} tokens", LapevalWarning)
+            k = st.sentence_means.shape[0]
+            if 0 < k < cfg.n_sentences:
+                warnings.warn(f"{lang}: only {k} texts for p_max / p_median, fewer than --n-sentences "
+                              f"{cfg.n_sentences}", LapevalWarning)
+            _save_part(part, st, keys[lang])
             log(f"lapeval collect: {lang}: {st.n_tokens} tokens, {st.n_texts} sequences")
         per_lang[lang] = st
     meta["n_tokens"] = {l: s.n_tokens for l, s in per_lang.items()}
     meta["collect"] = cfg.key()
+    meta["run_keys"] = keys
     stats = Stats.from_languages(per_lang, meta)
     if rank == 0:
         stats.save(out)

@@ -89,22 +89,20 @@ def _report(result: dict, out: str | None) -> None:
 
 
 def _score(args) -> int:
-    from .. import __version__
+    from .._io import check_writable
     from ..errors import UsageError
-    from ..languages import normalize
-    from ..metrics import lss
+    from ..lss import lss_score
+
+    if args.out:
+        check_writable(args.out, "--out")
 
     runs = {}
     for spec in args.intervened:
-        if "=" not in spec:
+        lang, eq, path = spec.partition("=")
+        if not eq or not lang or not path:
             raise UsageError(f"--intervened {spec!r}: write LANG=RUN, e.g. fr=out/intv_fr")
-        lang, path = spec.split("=", 1)
-        runs[normalize(lang)] = lss.read_samples(path)
-    matrix = lss.score_logs(lss.read_samples(args.baseline), runs)
-    result = {"matrix": matrix, **lss.summarize(matrix), "source": "sample logs",
-              "baseline": args.baseline, "intervened": dict(s.split("=", 1) for s in args.intervened),
-              "lapeval_version": __version__}
-    _report(result, args.out)
+        runs[lang] = path
+    _report(lss_score(args.baseline, runs), args.out)
     return 0
 
 
@@ -115,7 +113,11 @@ def _run_kwargs(args) -> dict:
 
 
 def _matrix(args) -> int:
+    from .._io import check_writable
     from ..lss import lss_matrix
+
+    if args.out:
+        check_writable(args.out, "--out")
 
     result = lss_matrix(args.model, args.neurons, args.languages, args.targets, args.facts, layers=args.layers,
                         **_run_kwargs(args))
