@@ -209,10 +209,7 @@ def run(cfg: DemoConfig, log=print) -> Path:
         log(f"[1/5] language neurons: {mask_path}")
     from .masks import NeuronMask
 
-    mask = NeuronMask.load(mask_path)
-    missing = [l for l in langs if l not in mask.languages]
-    if missing:
-        raise UsageError(f"the mask has no neurons for {', '.join(missing)}: choose --languages among {', '.join(mask.languages)}")
+    mask = NeuronMask.load(mask_path)  # its languages were checked by validate(); a recomputed one has them all
 
     # 2. where they sit
     log("[2/5] where the neurons sit")
