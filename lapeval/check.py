@@ -341,7 +341,7 @@ def check(results, reference, tolerance=None, *, rel_tolerance: float = DEFAULT_
 
     Example::
 
-        cmp = lapeval.check("out/ci", "tests/reference/ci.json", tolerance=["0.01", "acc=0.02"])
+        cmp = lapeval.check("out/ci", "out/ci-reference", tolerance=["0.01", "acc=0.02"])
         assert cmp.passed, "\n".join(cmp.lines())
     """
     if not isinstance(tolerance, Tolerance):

@@ -300,3 +300,58 @@ def test_ctrl_c_is_one_line_exit_130(tmp_path):
     assert res.returncode == 130
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert lines == ["lapeval masks: interrupted; rerun to resume (finished work is kept)"], res.stderr
+
+
+# ---- found too late: a mask that does not fit the model fails before its first forward ---------------
+@pytest.fixture
+def forwards(monkeypatch):
+    """Counts forwards of every model the lape model loads (hooked where it finds the FFN sites)."""
+    import lapeval.lm
+    from lapeval.sites import stack_of
+
+    calls = []
+    real = lapeval.lm.find_sites
+
+    def counting(model, *a, **k):
+        stack_of(model).register_forward_pre_hook(lambda *_: calls.append(1))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(lapeval.lm, "find_sites", counting)
+    return calls
+
+
+@pytest.mark.parametrize("cmd", ["lss-matrix", "lss-layers", "search-factor", "grid", "lape-model"])
+def test_mask_for_another_model_fails_before_any_forward(cmd, tmp_path, tiny_model_dir, forwards, capsys, monkeypatch):
+    """The Gemma-3-270m mask (18 × 2048) against the tiny model (2 × 48): one line, and not one forward
+    (before the baseline, the first grid cell, the first factor)."""
+    from lapeval import cli
+    from lapeval.taskdata import FACTS_DIR
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAPEVAL_MLAMA_DIR", str(FACTS_DIR))
+    common = ["--model", str(tiny_model_dir), "--neurons", str(MASK), "--languages", "en,fr", "--facts", "builtin",
+              "--limit", "2"]
+    if cmd == "lape-model":
+        from lapeval.errors import LapevalError
+        from lapeval.lm import LapeLM
+
+        with pytest.raises(LapevalError) as e:
+            LapeLM(pretrained=str(tiny_model_dir), neurons=str(MASK), lang="fr", mode="set", value="p_max",
+                   device="cpu")
+        line = str(e.value)
+    else:
+        if cmd == "grid":
+            (tmp_path / "g.yaml").write_text(json.dumps({
+                "model": str(tiny_model_dir), "neurons": str(MASK), "tasks": ["lss_en"], "targets": ["fr"],
+                "interventions": ["set:p_max"], "limit": 2, "device": "cpu", "facts": "builtin", "output": "g"}))
+            argv = ["grid", "g.yaml"]
+        else:
+            argv = {"lss-matrix": ["lss", "matrix", *common], "lss-layers": ["lss", "layers", *common],
+                    "search-factor": ["search-factor", *common, "--out", "f.json"]}[cmd]
+        assert cli.main(argv) == 2
+        text = capsys.readouterr().err  # the model loaded: its progress bars come first
+        err = [l for l in text.splitlines() if l.startswith("lapeval ")]
+        assert len(err) == 1 and err[0].startswith(f"lapeval {argv[0]}: error: ") and "Traceback" not in text, text
+        line = err[0]
+    assert "18 layers × 2048" in line and "2 × 48" in line and "\n" not in line, line
+    assert forwards == [], f"{len(forwards)} forward(s) before the error"

@@ -97,7 +97,20 @@ def test_multi_model_config(tmp_path, tiny_model_dir):
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-def test_multi_model_grid_one_process_shards_resume_and_torchrun(tmp_path, tiny_model_dir, data_env, monkeypatch):
+@pytest.fixture()
+def one_thread():
+    """The torchrun ranks below run with OMP_NUM_THREADS=1; the in-process runs use one thread too, since a CPU
+    matmul's sums are grouped by thread count and the summaries are compared bit for bit."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_multi_model_grid_one_process_shards_resume_and_torchrun(tmp_path, tiny_model_dir, data_env, monkeypatch,
+                                                                  one_thread):
     from lapeval import lm as lm_module
 
     loads = []

@@ -14,7 +14,7 @@ RESULTS / REFERENCE: an lm-eval results_*.json, an lm-eval --output_path folder 
 or its summary.json when that is a lapeval grid summary), or a lapeval grid summary.json.
 exit status: 0 all within tolerance, 1 a metric moved or is missing, 2 bad input.
 
-example: lapeval check out/ci --against tests/reference/ci.json --tolerance 0.01 --tolerance word_perplexity=0.5
+example: lapeval check out/ci --against out/ci-reference --tolerance 0.01 --tolerance word_perplexity=0.5
 """
 
 
