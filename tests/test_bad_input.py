@@ -355,3 +355,28 @@ def test_mask_for_another_model_fails_before_any_forward(cmd, tmp_path, tiny_mod
         line = err[0]
     assert "18 layers × 2048" in line and "2 × 48" in line and "\n" not in line, line
     assert forwards == [], f"{len(forwards)} forward(s) before the error"
+
+
+@pytest.mark.parametrize("saves", [False, True])
+def test_eval_fails_when_lm_eval_saved_nothing(tmp_path, monkeypatch, capsys, saves):
+    """lm-eval only warns when it cannot save its results and exits 0; ``lapeval eval`` then exits 2 so a CI
+    job cannot pass with nothing written. (lm-eval itself is replaced by a stand-in that saves or not.)"""
+    import lm_eval.__main__
+
+    from lapeval import cli
+
+    out = tmp_path / "res"
+
+    def fake_evaluate():
+        if saves:
+            (out / "m").mkdir(parents=True)
+            (out / "m" / "results_2026-12-03T00-00-00.json").write_text("{}")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", fake_evaluate)
+    rc = cli.main(["eval", "--model", "hf", "--tasks", "lapeval_xcopa_id", "--output_path", str(out)])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    if saves:
+        assert rc == 0, err
+    else:
+        assert rc == 2 and len(err) == 1, err
+        assert err[0].startswith("lapeval eval: error: lm-eval could not save its results under --output_path")
