@@ -27,7 +27,7 @@ MEMORY_LANGS = ["en", "fr", "es", "ru", "ar", "sw", "ta", "id", "zh", "ja", "pt"
 
 
 def texts(n_langs: int = 1):
-    from lapeval import corpus
+    from lapeval.identification import corpus
 
     sources = corpus.parse(f"ntrex:{SHARED / 'ntrex128'}+tico:{SHARED / 'tico19'}")
     for lang in MEMORY_LANGS[:n_langs]:
@@ -51,8 +51,13 @@ def load_model(model: str, dtype: str, device: str | None, random_init: bool):
 
 
 def throughput(args) -> dict:
+    from lapeval.identification.stats import (
+        CollectConfig,
+        _batches,
+        collect_language,
+        sequences,
+    )
     from lapeval.sites import stack_of
-    from lapeval.stats import CollectConfig, _batches, collect_language, sequences
 
     model, tok = load_model(args.model, args.dtype, args.device, args.random_init)
     device = next(model.parameters()).device
@@ -123,7 +128,7 @@ def peak_memory_child(tokens: int, args) -> None:
     import resource
     import threading
 
-    from lapeval.stats import CollectConfig, collect_language
+    from lapeval.identification.stats import CollectConfig, collect_language
 
     model, tok = load_model(args.model, args.dtype, args.device, args.random_init)
     if torch.cuda.is_available():

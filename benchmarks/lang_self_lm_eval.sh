@@ -18,7 +18,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, "tests")
 import lm_eval.tasks
-from lapeval.grid import GridConfig, run_grid
+from lapeval import GridConfig, run_grid
 out, ovr = Path(sys.argv[1]), sys.argv[2]
 res = json.loads(next((out / "lm_eval").rglob("results_*.json")).read_text())
 iv = res["config"]["lape"]["intervention"]

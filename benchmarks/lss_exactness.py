@@ -17,7 +17,6 @@ languages MLAMA-dod-185 has no task for), and the wall time of both methods.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import _lapebench as B
@@ -28,7 +27,7 @@ NO_OPS = [("scale", 1, None), ("add", 0, None), ("set", "p_max", "2")]
 def old_matrix(lm, tasks, targets, mask, mode, value, layers, limit):
     """The former algorithm: baseline once over obj_l for l in {s} ∪ targets, then (s, t) pairs intervened."""
     from lapeval.instances import loglikelihoods
-    from lapeval.lss import facts_of
+    from lapeval.lss.tasks import facts_of
     from lapeval.metrics import lss
 
     lm.clear_intervention()
@@ -66,7 +65,7 @@ def main() -> None:
 
     import lapeval
     from lapeval.lm import LapeLM
-    from lapeval.lss import facts_env, load_lss_tasks
+    from lapeval.lss.tasks import facts_env, load_lss_tasks
 
     mask = str(B.mask_path())
     langs = args.langs.split(",")

@@ -23,7 +23,8 @@ from pathlib import Path
 from ._io import write_json, write_text
 from .errors import UsageError
 from .instances import instances
-from .paths import DATA_DIR as DATA, DEMO_TEXT, committed_mask  # noqa: F401 (re-exported)
+from .paths import DATA_DIR as DATA  # noqa: F401 (re-exported)
+from .paths import DEMO_TEXT, committed_mask
 
 DEFAULT_LANGUAGES = "en,fr,id,zh,ja,ru"
 
@@ -65,7 +66,7 @@ def sentence_start(sentence: str) -> str:
 
 
 # ---- the three measurements ------------------------------------------------------------------------
-def perplexity_matrix(lm, mask_path: str, langs: list[str], texts: dict[str, list[str]], log) -> dict:
+def perplexity_matrix(lm, mask, langs: list[str], texts: dict[str, list[str]], log) -> dict:
     """Mean token NLL of each language's held-out sentences: baseline, and with each language zeroed.
 
     Each sentence is scored as a continuation of BOS (``loglikelihood("", s)``), all languages in one
@@ -84,7 +85,7 @@ def perplexity_matrix(lm, mask_path: str, langs: list[str], texts: dict[str, lis
     t0 = time.time()
     rows = {"baseline": nll()}
     for lang in langs:
-        lm.set_intervention(neurons=mask_path, lang=lang, mode="zero")
+        lm.set_intervention(neurons=mask, lang=lang, mode="zero")
         rows[lang] = nll()
     lm.clear_intervention()
     delta = {l: {m: rows[l][m] - rows["baseline"][m] for m in langs} for l in langs}
@@ -97,7 +98,7 @@ def perplexity_matrix(lm, mask_path: str, langs: list[str], texts: dict[str, lis
             "diagonal_is_row_max": sum(delta[l][l] == max(delta[l].values()) for l in langs)}
 
 
-def steering_share(lm, mask_path: str, langs: list[str], prompts: dict[str, list[str]], max_gen_toks: int, log) -> dict:
+def steering_share(lm, mask, langs: list[str], prompts: dict[str, list[str]], max_gen_toks: int, log) -> dict:
     """For each target t: share of greedy continuations of prompts in the other languages identified as t."""
     from .metrics.lid import identify
 
@@ -117,7 +118,7 @@ def steering_share(lm, mask_path: str, langs: list[str], prompts: dict[str, list
     base = generate()
     table, examples = {}, {}
     for t in langs:
-        lm.set_intervention(neurons=mask_path, lang=t, mode="set", value="p_max")
+        lm.set_intervention(neurons=mask, lang=t, mode="set", value="p_max")
         outs = lm.generate_until(reqs, disable_tqdm=True)
         steered = [identify(o)[0] if o.strip() else None for o in outs]
         idx = [i for i, s in enumerate(src) if s != t]
@@ -129,17 +130,12 @@ def steering_share(lm, mask_path: str, langs: list[str], prompts: dict[str, list
     return {"share": table, "examples": examples}
 
 
-def lss_matrix(lm, mask_path: str, langs: list[str], n_facts: int, log) -> dict:
-    """LSS with p_max amplification on lapeval's bundled facts, for the demo languages that have facts."""
-    from .lss import facts_env, load_lss_tasks, compute_matrix
+def lss_sources(langs: list[str]) -> list[str]:
+    """The demo languages that lapeval's bundled facts cover (the LSS sources and targets of the report)."""
     from .paths import FACTS_DIR
 
     have = {p.name for p in Path(FACTS_DIR).iterdir() if p.is_dir()}
-    sources = [l for l in langs if l in have]
-    with facts_env("builtin"):
-        tasks = load_lss_tasks(sources)
-        return compute_matrix(lm, tasks, sources, neurons=mask_path, mode="set", value="p_max", limit=n_facts,
-                              log=lambda m: None)
+    return [l for l in langs if l in have]
 
 
 # ---- the report ------------------------------------------------------------------------------------
@@ -194,7 +190,7 @@ def run(cfg: DemoConfig, log=print) -> Path:
 
     # 1. the neurons
     if cfg.recompute:
-        from .identification import identify
+        from .identification.pipeline import identify
 
         corpus = out / "identify_text"
         corpus.mkdir(exist_ok=True)
@@ -219,19 +215,21 @@ def run(cfg: DemoConfig, log=print) -> Path:
     lm = LapeLM(pretrained=cfg.model, device="cpu", batch_size=cfg.batch_size, dtype="float32")
     # 3. deactivation
     log(f"[3/5] deactivating each language, perplexity on {cfg.n_eval} held-out sentences per language")
-    ppl = perplexity_matrix(lm, str(mask_path), langs, held_out, log)
+    ppl = perplexity_matrix(lm, mask, langs, held_out, log)
     heatmap([[ppl["delta_nll"][l][m] for m in langs] for l in langs], langs, langs, out / "deactivation.png",
             "ΔNLL per token when each language's neurons are zeroed", fmt="{:.2f}", xlabel="evaluated language",
             ylabel="deactivated language", cmap="magma")
     # 4. amplification
     log(f"[4/5] amplifying each language to p_max: LSS on {cfg.n_facts} bundled facts, steered generation")
-    lss = lss_matrix(lm, str(mask_path), langs, cfg.n_facts, log)
+    from .lss.matrix import lss_matrix
+
+    lss = lss_matrix(lm, mask, lss_sources(langs), facts="builtin", limit=cfg.n_facts, log=lambda m: None)
     src = lss["sources"]
     heatmap([[lss["matrix"][s].get(t, float("nan")) for t in src] for s in src], src, src, out / "lss.png",
             "LSS(s, t): facts whose margin moves toward t", fmt="{:.2f}", xlabel="amplified language t",
             ylabel="prompt language s", cmap="viridis")
     prompts = {l: [sentence_start(s) for s in held_out[l][: cfg.n_prompts]] for l in langs}
-    steer = steering_share(lm, str(mask_path), langs, prompts, cfg.max_gen_toks, log)
+    steer = steering_share(lm, mask, langs, prompts, cfg.max_gen_toks, log)
 
     # 5. report
     elapsed = time.time() - started

@@ -14,16 +14,16 @@
 * ``lang_map``: languages for tasks no rule covers (or overriding one), ``PATTERN:LANG`` pairs joined by
   ``;`` (lm-eval splits model arguments on commas): ``lang_map=kmmlu*:ko;mgsm_en_cot_*:none``; a dict
   from Python (:class:`lapeval.languages.LangMap`).
-* ``mode`` / ``value`` / ``layers``: the operation of :mod:`lapeval.intervene` (zero | set | scale | add
+* ``mode`` / ``value`` / ``layers``: the operation of :mod:`lapeval.intervention.hooks` (zero | set | scale | add
   with a number, ``p_max``, ``p_median``, ``tt_max``, ``tt_p10`` or a graded ``2*p_max``), in all layers or a
   subset.
 * ``ops``: several terms in one forward, joined by ``;`` (lm-eval splits model arguments on commas), each
   ``MODE[:VALUE]@LANGS[@LAYERS]``: ``ops=zero@en;set:p_max@fr``, ``ops=zero@src;add:2*p_max@tgt`` (a
   translation task's source and target). A term without ``@LANGS`` takes ``lang=``, one without
-  ``@LAYERS`` takes ``layers=``. Later terms act on what earlier ones left (:mod:`lapeval.operation`).
+  ``@LAYERS`` takes ``layers=``. Later terms act on what earlier ones left (:mod:`lapeval.intervention.operation`).
 * ``scope``: ``all`` (default: every real token of prompt, continuation and generated text), ``prompt``,
   ``generation`` (generated tokens; for log-likelihood requests the continuation tokens) or ``last`` (the
-  last prompt token and every generated one); :mod:`lapeval.intervene` gives the positions.
+  last prompt token and every generated one); :mod:`lapeval.intervention.hooks` gives the positions.
 
 Test-time statistics are per row over real tokens: log-likelihood batches are right-padded without an
 attention mask, so the rows' real lengths are read where lm-eval pads them (:func:`_padding_tap`), and, for
@@ -57,20 +57,26 @@ from lm_eval.models import huggingface as _hf
 from lm_eval.models.huggingface import HFLM
 
 from . import __version__, models
-from .intervene import intervene
+from .intervention.hooks import intervene
+from .intervention.setting import (  # noqa: F401 (re-exported)
+    LapeConfigError,
+    Setting,
+    build_setting,
+    cache_identity,
+    route,
+)
 from .languages import LangMap
-from .setting import LapeConfigError, Setting, build_setting, cache_identity, route  # noqa: F401 (re-exported)
 from .sites import find_sites
 
 
 @register_model("lape")
 class LapeLM(HFLM):
-    """lm-eval's HFLM with the interventions of :mod:`lapeval.intervene` — the ``lape`` model.
+    """lm-eval's HFLM with the interventions of :mod:`lapeval.intervention.hooks` — the ``lape`` model.
 
     ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask` (none: exactly ``hf``); ``lang``: a code,
     several (``en+zh``), ``all`` or ``self``; ``mode`` / ``value`` / ``layers``: the operation
-    (``set`` / ``p_max`` ...; :mod:`lapeval.operation`); every other keyword goes to ``HFLM``. The setting
-    itself (:class:`~lapeval.setting.Setting`) is backend-neutral; this class adds HFLM's request methods.
+    (``set`` / ``p_max`` ...; :mod:`lapeval.intervention.operation`); every other keyword goes to ``HFLM``. The setting
+    itself (:class:`~lapeval.intervention.setting.Setting`) is backend-neutral; this class adds HFLM's request methods.
 
     Example::
 
@@ -83,7 +89,7 @@ class LapeLM(HFLM):
     def __init__(self, pretrained, neurons=None, lang=None, mode=None, value=None, layers=None,
                  lang_map=None, site: str | None = None, device: str | None = None, ops=None, scope=None,
                  **kwargs) -> None:
-        build_setting(neurons, lang, mode, value, layers, lang_map=lang_map, ops=ops, scope=scope)  # fail fast
+        setting = build_setting(neurons, lang, mode, value, layers, lang_map=lang_map, ops=ops, scope=scope)  # fail fast
         self.lang_map: LangMap | None = LangMap.parse(lang_map)  # the default of set_intervention
         self._lape_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
@@ -93,11 +99,12 @@ class LapeLM(HFLM):
         models.check_device(device, "device=")  # HFLM would fail later with an assertion deep in torch
         super().__init__(pretrained=pretrained, device=device, **kwargs)
         self.sites = find_sites(self.model, site=site)  # site=: a module path with {layer}, else structural
-        self._lape: Setting | None = None
+        if setting is not None:  # the mask against the loaded model: built once, checked now
+            setting.mask.check_model(len(self.sites), self.sites[0].d_ff)
+        self._lape: Setting | None = setting
         self._lape_db = None
         self._lape_session = None
         self._lape_memo: dict[str, Any] = {}
-        self.set_intervention(neurons=neurons, lang=lang, mode=mode, value=value, layers=layers, ops=ops, scope=scope)
 
     # ---- the Python API ---------------------------------------------------------------------------
     def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None, lang_map=None,

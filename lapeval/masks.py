@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-
 from . import __version__
 from ._io import save_safetensors, sha256_file, torch_save
 from .errors import LapevalError
@@ -173,6 +172,7 @@ class NeuronMask:
         }
         save_safetensors(tensors, path, header)  # byte-reproducible: its sha256 keys grids and caches
         self.path, self.meta = path, meta
+        self.__dict__.pop("_sha256", None)
         return path
 
     @classmethod
@@ -223,9 +223,14 @@ class NeuronMask:
         return cls(languages, n_layers, d_ff, sets, meta, path)
 
     def sha256(self) -> str:
+        """The sha256 of the mask's file, hashed once per object (a mask is not changed after loading or
+        saving; :meth:`save` hashes anew)."""
         if self.path is None:
             raise MaskError("mask has not been saved to a file yet")
-        return sha256_file(self.path)
+        memo = self.__dict__.get("_sha256")
+        if memo is None or memo[0] != self.path:
+            memo = self.__dict__["_sha256"] = (self.path, sha256_file(self.path))
+        return memo[1]
 
 
 def _try_normalize(code: str) -> str:

@@ -1,6 +1,6 @@
 """Reading what evaluations wrote: lm-eval results and sample logs, grid folders and grid summaries.
 
-One reader for :mod:`lapeval.report` (the grid summary), :mod:`lapeval.check` (the CI gate) and
+One reader for :mod:`lapeval.grid.report` (the grid summary), :mod:`lapeval.check` (the CI gate) and
 :mod:`lapeval.metrics.lss` (LSS from sample logs), so that they agree on what a metric entry is:
 
 * a task's lm-eval results entry ``{"acc,none": 0.61, "acc_stderr,none": 0.02, "alias": ...}`` holds

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, random_mask, require_shared
 
 import lapeval
-from conftest import ROOT, random_mask, require_shared
 
 API = ["identify", "collect", "select", "NeuronMask", "Operation", "Intervention", "intervene", "LapeLM",
        "lss_matrix", "search_factor", "GridConfig", "run_grid", "check", "tasks_path"]
@@ -28,11 +28,11 @@ def test_import_lapeval_loads_neither_torch_nor_lm_eval():
 def test_every_public_name_resolves_and_is_documented():
     for name in API:
         obj = getattr(lapeval, name)
-        target = getattr(obj, name) if name in ("intervene", "check") else obj
+        target = obj
         assert (target.__doc__ or "").strip(), name
         assert "Example" in (target.__doc__ or "") or name in ("NeuronMask", "Operation", "Intervention", "LapeLM",
                                                                 "GridConfig", "run_grid", "intervene"), name
-    assert set(API) <= set(dir(lapeval)) and lapeval.check.check is lapeval.check.check
+    assert set(API) <= set(dir(lapeval)) and callable(lapeval.check) and callable(lapeval.intervene)
     with pytest.raises(AttributeError):
         lapeval.no_such_name
 
@@ -104,12 +104,12 @@ def test_the_library_never_imports_the_cli():
     (("scale", 0.5), "scale:0.5", "scale=0.5"),
 ])
 def test_one_parser_and_one_label_for_an_intervention(spec, label, folder, tmp_path):
-    from lapeval import factor
-    from lapeval.grid import GridConfig, canonical_cell_id
-    from lapeval.operation import canonical_label, file_name, parse_spec
-    from lapeval.setting import build_setting
+    from lapeval.grid.config import GridConfig, canonical_cell_id
+    from lapeval.intervention.operation import file_name, parse_ops, parse_spec
+    from lapeval.intervention.setting import build_setting
+    from lapeval.lss import factor
 
-    assert canonical_label(spec) == label and file_name(label) == folder
+    assert parse_ops(spec).label == label and file_name(label) == folder
     op, layers = parse_spec(spec)
     mask = random_mask(tmp_path / "m.safetensors")
     cfg = GridConfig(model="m", tasks=["lss_en"], neurons=str(mask), targets=["fr"], interventions=[spec])
@@ -123,7 +123,7 @@ def test_one_parser_and_one_label_for_an_intervention(spec, label, folder, tmp_p
 
 
 def test_grid_config_built_in_python_is_normalised_like_yaml(tmp_path):
-    from lapeval.grid import GridConfig, GridError
+    from lapeval.grid.config import GridConfig, GridError
 
     mask = random_mask(tmp_path / "m.safetensors")
     cfg = GridConfig(model="m", tasks="lss_en, lss_fr", neurons=str(mask), targets=["French", "ja"],
@@ -142,7 +142,7 @@ def test_grid_config_built_in_python_is_normalised_like_yaml(tmp_path):
 
 
 def test_layer_labels_are_canonical():
-    from lapeval.operation import layers_label
+    from lapeval.intervention.operation import layers_label
 
     assert layers_label("17+10-12") == "10-12+17" and layers_label([3, 1, 2]) == "1-3" and layers_label("all") is None
 
@@ -155,7 +155,7 @@ def test_one_language_splitter():
 
 
 def test_one_reader_of_metric_entries():
-    from lapeval.check import flatten
+    from lapeval.gate import flatten
     from lapeval.results import metric_entries
 
     entry = {"alias": "x", "acc,none": 0.5, "acc_stderr,none": float("nan"), "ppl,none": 3.0,
@@ -176,10 +176,14 @@ def test_check_matches_a_reference_written_with_the_old_cell_labels(tmp_path):
 
 # ---- errors ----------------------------------------------------------------------------------------
 def test_every_user_error_class_is_a_lapeval_error():
-    from lapeval import check, corpus, factor, grid, masks, operation, results, setting, sites, stats, taskdata
+    from lapeval import gate, masks, results, sites, taskdata
     from lapeval.errors import LapevalError
+    from lapeval.grid import config as grid
+    from lapeval.identification import corpus, stats
+    from lapeval.intervention import operation, setting
+    from lapeval.lss import factor
 
-    for cls in (check.CheckError, corpus.CorpusError, factor.CandidateError, grid.GridError, masks.MaskError,
+    for cls in (gate.CheckError, corpus.CorpusError, factor.CandidateError, grid.GridError, masks.MaskError,
                 operation.InterventionError, results.ResultsError, setting.LapeConfigError, sites.UnsupportedModelError,
                 stats.StatsError, taskdata.LocalDataError):
         assert issubclass(cls, LapevalError), cls

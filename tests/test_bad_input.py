@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, random_mask
 
 MASK = ROOT / "neuron_masks" / "gemma-3-270m.safetensors"
@@ -211,7 +210,7 @@ def test_full_disk_then_rerun_after_freeing(tmp_path, small_fs, monkeypatch, cap
     """select onto a full disk: one line naming the path and ENOSPC, nothing under the final name, no temp
     file; after freeing space the same command writes the mask."""
     from lapeval import cli
-    from lapeval.stats import Stats
+    from lapeval.identification.stats import Stats
 
     stats = tmp_path / "s.stats.safetensors"
     Stats(["en", "fr"], torch.randint(0, 50, (2, 2, 48)), torch.tensor([100, 100])).save(stats)

@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
-from lapeval.check import CheckError, Tolerance, check, load, parse_tolerances
+
 from lapeval.cli import main
+from lapeval.gate import CheckError, Tolerance, check, load, parse_tolerances
 
 
 def _task(name, sample_len=24, **metrics):
@@ -376,7 +376,7 @@ def test_real_command_exit_codes_and_no_heavy_imports(tmp_path, ref):
     p = lapeval(tmp_path / "absent.json", "--against", ref)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no such file" in p.stderr
     # the comparison itself is pure json/math: neither torch nor lm_eval is imported
-    code = ("import sys; from lapeval.check import check; from lapeval.commands import check as c; "
+    code = ("import sys; from lapeval.gate import check; from lapeval.commands import check as c; "
             f"cmp = check({str(moved)!r}, {str(ref)!r}); cmp.lines(); cmp.as_dict(); "
             "print(sorted(m for m in ('torch', 'lm_eval', 'numpy', 'transformers') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)

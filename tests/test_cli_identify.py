@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import ROOT, require_shared
-from lapeval.cli import main
-from lapeval.masks import NeuronMask
-from lapeval.stats import Stats
 from test_stats import _write_corpus
+
+from lapeval.cli import main
+from lapeval.identification.stats import Stats
+from lapeval.masks import NeuronMask
 
 
 def run(capsys, *argv):

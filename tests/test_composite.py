@@ -1,4 +1,4 @@
-"""Composite, graded and scoped interventions (lapeval.operation / intervene / setting / lm) against an
+"""Composite, graded and scoped interventions (lapeval.intervention.operation / intervene / setting / lm) against an
 independent reference: the non-linearity modules are replaced by a wrapper that applies each term with
 plain loops over (row, position, neuron), on the positions a hand-made table marks for each row (built
 from where each token came from — context, continuation, generated — not from the library's formula)."""
@@ -9,12 +9,17 @@ import os
 
 import pytest
 import torch
+from conftest import random_mask, tiny_model
 from torch import nn
 
-from conftest import random_mask, tiny_model
-from lapeval.intervene import Composite, Intervention, InterventionError, intervene
+from lapeval.intervention.hooks import Composite, Intervention, intervene
+from lapeval.intervention.operation import (
+    InterventionError,
+    Operation,
+    file_name,
+    parse_ops,
+)
 from lapeval.masks import NeuronMask
-from lapeval.operation import Operation, file_name, parse_ops
 from lapeval.sites import find_sites
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,7 +110,7 @@ def test_parse_errors_are_one_line(spec, needle):
 ])
 def test_lape_argument_errors(mask, kw, needle):
     from lapeval.errors import LapevalError
-    from lapeval.setting import build_setting
+    from lapeval.intervention.setting import build_setting
 
     args = {"lang": None, "mode": None, "value": None, "layers": None, **kw}
     with pytest.raises(LapevalError) as e:
@@ -120,7 +125,7 @@ def test_lape_argument_errors(mask, kw, needle):
 
 
 def test_one_term_ops_is_the_old_setting(mask):
-    from lapeval.setting import build_setting
+    from lapeval.intervention.setting import build_setting
 
     old = build_setting(mask, "fr", "set", "p_max", "1", 2, 48)
     new = build_setting(mask, None, None, None, None, 2, 48, ops="set:p_max@fr@1")
@@ -144,7 +149,7 @@ def test_one_term_ops_is_the_old_setting(mask):
 
 
 def test_routing_src_tgt_self(mask):
-    from lapeval.setting import build_setting
+    from lapeval.intervention.setting import build_setting
 
     st = build_setting(mask, None, None, None, None, 2, 48, ops="zero@src;set:p_max@tgt")
     tasks = ["flores_mt_en-fr", "flores_mt_fr-en", "flores_mt_en-ja", "xcopa_id", "lss_fr", "flores_mt_en-de"]
@@ -271,7 +276,7 @@ def batch_of(rows):
 
 
 def composite(mask, scope, spec="zero@en;set:p_max@fr;add:0.5*p_max@ja"):
-    from lapeval.setting import build_setting
+    from lapeval.intervention.setting import build_setting
 
     st = build_setting(mask, None, None, None, None, 2, 48, ops=spec, scope=scope)
     return st.intervention()

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-
 from conftest import require_shared
-from lapeval import corpus
+
+from lapeval.identification import corpus
 
 
 def test_files_source_txt_and_jsonl(tmp_path):

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from lapeval.demo import DEMO_TEXT, DemoConfig, committed_mask, demo_sentences, run, sentence_start, split_text
+from lapeval.demo import (
+    DEMO_TEXT,
+    DemoConfig,
+    committed_mask,
+    demo_sentences,
+    run,
+    sentence_start,
+    split_text,
+)
 
 
 def test_bundled_text_is_parallel_and_split_without_overlap():

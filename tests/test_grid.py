@@ -10,13 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from lapeval.grid import GridConfig, GridError, run_grid
-from lapeval.operation import file_name
-from lapeval.report import paired_bootstrap
-from lapeval.taskdata import FACTS_DIR
-
 from conftest import random_mask, require_shared
+
+from lapeval.grid.bootstrap import paired_bootstrap
+from lapeval.grid.config import GridConfig, GridError
+from lapeval.grid.run import run_grid
+from lapeval.intervention.operation import file_name
+from lapeval.taskdata import FACTS_DIR
 
 LANGS = ["en", "fr", "ja"]
 
@@ -112,7 +112,7 @@ def test_grid_cells_equal_separate_runs_and_summary(tmp_path, tiny_model_dir, da
 
 
 def test_resume_runs_only_missing_cells_and_gives_the_same_summary(tmp_path, tiny_model_dir, data_env, lm, monkeypatch):
-    import lapeval.grid as grid
+    import lapeval.grid.run as grid
 
     mask = _mask(tmp_path)
     full = _cfg(tmp_path, tiny_model_dir, mask, out="full", interventions=["set:p_max"], tasks=TASKS[:3] + TASKS[4:])
@@ -210,7 +210,7 @@ def test_prefill_rows_match_each_setting_alone(tiny_model_dir, tmp_path, lm):
 
 
 def test_paired_bootstrap_interval():
-    from lapeval.report import _mean
+    from lapeval.grid.bootstrap import mean as _mean
 
     base = [0, 1] * 50
     cell = [1, 1] * 50
@@ -286,8 +286,8 @@ def test_aggregations_are_found_for_the_paired_bootstrap():
 
     from lm_eval.api.registry import get_aggregation
 
+    from lapeval.grid.report import _aggregator
     from lapeval.metrics import translation
-    from lapeval.report import _aggregator
 
     cfg = {"metric_list": [{"metric": "acc", "aggregation": "mean"},
                            {"metric": "chrfpp", "aggregation": inspect.getsource(translation.chrfpp)},
@@ -365,7 +365,7 @@ def test_composite_cells_multiplexed_equal_cell_by_cell_and_self_target(tmp_path
     for cell in plain.cells():
         meta = json.loads((Path(plain.output) / "cells" / cell.folder / "results.json").read_text())
         if cell.target is not None:
-            from lapeval.operation import parse_ops
+            from lapeval.intervention.operation import parse_ops
 
             want = parse_ops(cell.op).with_defaults(languages=(cell.target,)).label  # the target filled in
             assert meta["config"]["lape"]["intervention"]["label"] == want, cell.id

@@ -1,4 +1,4 @@
-"""lapeval.intervene against an independent reference: the non-linearity modules are *replaced* by a
+"""lapeval.intervention.hooks against an independent reference: the non-linearity modules are *replaced* by a
 wrapper that applies each operation with plain Python loops over (row, position, neuron), and the logits
 of the hooked model must match the reference-patched model (float64 tiny models)."""
 
@@ -8,10 +8,11 @@ import math
 
 import pytest
 import torch
+from conftest import FAMILIES, tiny_model
 from torch import nn
 
-from conftest import FAMILIES, tiny_model
-from lapeval.intervene import Intervention, InterventionError, Operation, Session, intervene, parse_layers
+from lapeval.intervention.hooks import Intervention, Session, intervene
+from lapeval.intervention.operation import InterventionError, Operation, parse_layers
 from lapeval.masks import MaskError, NeuronMask
 from lapeval.sites import Site, find_sites
 
@@ -44,7 +45,7 @@ def ref_value(op_value, a_row, mask_row, j, per_neuron):
 
 
 def ref_apply(a, mode, value, neurons, per_neuron, mask):
-    """a: [B, T, d] (a copy is returned); plain loops, formulas of the lapeval.intervene docstring."""
+    """a: [B, T, d] (a copy is returned); plain loops, formulas of the lapeval.intervention.hooks docstring."""
     out = a.clone()
     B, T, _ = a.shape
     for b in range(B):

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import _CORPUS, random_mask
 
 # runs the lapeval command with a hook on the decoder stack that sends itself KILL_SIG at forward KILL_AT

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, random_mask
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -205,7 +204,8 @@ def test_lapeval_eval_command_with_lm_evals_group_names(tmp_path, tiny_model_dir
 def test_grid_self_cross_tables_on_lm_evals_tasks(tmp_path, tiny_model_dir, mask, overrides, lm):
     """A grid over lm-eval's own Belebele and XNLI: the summary's tables have one column per language, the
     diagonal (target = the column's language) is self-language, the rest cross-language."""
-    from lapeval.grid import GridConfig, run_grid
+    from lapeval.grid.config import GridConfig
+    from lapeval.grid.run import run_grid
 
     cfg = GridConfig(model=str(tiny_model_dir), tasks=["belebele", "xnli"], targets=["fr", "id"], neurons=str(mask),
                      interventions=["set:p_max"], include_path=[*_builtin_dirs(), str(overrides)],

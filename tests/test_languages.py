@@ -54,7 +54,7 @@ def test_a_mask_holds_any_iso_code(tmp_path):
 
 
 def test_corpus_patterns_need_flores_only_when_named(tmp_path):
-    from lapeval.corpus import Source
+    from lapeval.identification.corpus import Source
 
     (tmp_path / "yo.txt").write_text("Ẹ kú àárọ̀\n", encoding="utf-8")
     assert Source("files", str(tmp_path / "{lang}.txt")).local_file("yo") == tmp_path / "yo.txt"
@@ -166,7 +166,7 @@ def test_bad_lang_map_is_one_line(bad, msg):
 
 
 def test_grid_lang_map_key(tmp_path):
-    from lapeval.grid import GridConfig, GridError
+    from lapeval.grid.config import GridConfig, GridError
 
     cfg = GridConfig(model="m", tasks=["kmmlu_accounting"], lang_map="kmmlu*:ko")
     assert cfg.lang_map == {"kmmlu*": "ko"}
@@ -191,7 +191,7 @@ def mask():
 
 
 def test_self_routes_known_languages_and_counts_the_rest(mask):
-    from lapeval.setting import build_setting
+    from lapeval.intervention.setting import build_setting
 
     s = build_setting(mask, "self", "set", "p_max", None)
     names = ["xnli_fr", "xnli_sw", "belebele_ind_Latn", "arc_easy", "xnli_fr", "xnli_sw", "xnli_sw", None,
@@ -212,7 +212,7 @@ def test_self_routes_known_languages_and_counts_the_rest(mask):
 
 
 def test_self_with_lang_map_and_metadata(mask):
-    from lapeval.setting import build_setting
+    from lapeval.intervention.setting import build_setting
 
     s = build_setting(mask, "self", "set", "p_max", None, lang_map="xnli_sw:fr;arc_*:en")
     groups = dict(s.route(["xnli_sw", "arc_easy", "my_task"], metadata={"my_task": {"lapeval_language": "id"}}))
@@ -224,8 +224,8 @@ def test_self_with_lang_map_and_metadata(mask):
 
 
 def test_strict_language_of_still_explains(mask):
+    from lapeval.intervention.setting import LapeConfigError, build_setting
     from lapeval.masks import MaskError
-    from lapeval.setting import LapeConfigError, build_setting
 
     s = build_setting(mask, "self", "zero", None, None)
     assert s.language_of("belebele_fra_Latn") == "fr"
@@ -237,7 +237,7 @@ def test_strict_language_of_still_explains(mask):
 
 # ---- the report's (family, column) --------------------------------------------------------------------
 def test_report_family_columns():
-    from lapeval.report import family
+    from lapeval.grid.report import family
 
     assert family("belebele_ind_Latn") == ("belebele", "ind_Latn")
     assert family("xnli_fr") == ("xnli", "fr") and family("xstorycloze_sw") == ("xstorycloze", "sw")

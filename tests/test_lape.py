@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from lapeval.lape import activation_probability, lape_entropy, select_lape, select_language_activated
+from lapeval.identification.selection import (
+    activation_probability,
+    lape_entropy,
+    select_language_activated,
+    select_lape,
+)
 
 
 def plain_lape(over_zero, n_tokens, top_rate, filter_rate, bar_ratio):

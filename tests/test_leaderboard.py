@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import random_mask
-from lapeval.grid import GridConfig, GridError, run_grid
-from lapeval.shard import Shard, parse_shard, partition
+
+from lapeval.grid.config import GridConfig, GridError
+from lapeval.grid.run import run_grid
+from lapeval.grid.shard import Shard, parse_shard, partition
 from lapeval.taskdata import FACTS_DIR
 
 
@@ -236,7 +237,7 @@ def test_report_html_sorts_in_headless_chromium(tmp_path):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from lapeval import leaderboard
+    from lapeval.grid import leaderboard
 
     boards = {}
     for name, score, base in (("m-one", 0.4, 0.70), ("m-two", 0.9, 0.55), ("m-three", 0.4, 0.61), ("m-four", None, 0.5)):

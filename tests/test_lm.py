@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, require_shared
-from lapeval.intervene import InterventionError
+
+from lapeval.intervention.operation import InterventionError
 from lapeval.masks import MaskError, NeuronMask
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.api.model import CachingLM, CacheHook  # noqa: E402
+from lm_eval.api.model import CacheHook, CachingLM  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from lapeval.lm import LapeConfigError, LapeLM  # noqa: E402
@@ -141,7 +141,7 @@ def test_switching_without_reload_and_provenance(lm, tiny_mask):
 
 def test_rows_api(lm, tiny_mask):
     """Several interventions as rows of one forward (grid cells)."""
-    from lapeval.intervene import Intervention
+    from lapeval.intervention.hooks import Intervention
 
     mask = NeuronMask.load(tiny_mask)
     ivs = [Intervention.from_mask(mask, [c], "set", "p_max") for c in ("id", "vi")]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_mask
 
 from lapeval.metrics import lss
 from lapeval.taskdata import FACTS_DIR
-from conftest import random_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,8 @@ def test_logs_equal_in_process_matrix_and_direct_scores(tmp_path, tiny_model_dir
     same LSS as the in-process matrix; the logged baseline margins equal a direct transformers scoring."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lapeval.lss import compute_matrix, load_lape, load_lss_tasks
+    from lapeval.lss.matrix import compute_matrix, load_lape
+    from lapeval.lss.tasks import load_lss_tasks
 
     mask = _tiny_mask(tmp_path, tiny_model_dir)
     env = {**os.environ, "LAPEVAL_MLAMA_DIR": str(FACTS_DIR), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

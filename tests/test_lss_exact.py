@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_mask
 
 import lapeval
-from conftest import ROOT, random_mask
 
 FACTS_ES_SW = Path(__file__).resolve().parent / "data" / "facts_es_sw"
 
@@ -168,7 +168,9 @@ def test_lss_layers_command(tmp_path, tiny_model_dir, capsys):
 @pytest.mark.parametrize("multiplex", ["off", "on"])
 def test_grid_no_op_cells_give_exactly_zero_lss(tmp_path, tiny_model_dir, monkeypatch, multiplex):
     from conftest import require_shared
-    from lapeval.grid import GridConfig, run_grid
+
+    from lapeval.grid.config import GridConfig
+    from lapeval.grid.run import run_grid
 
     monkeypatch.setenv("LAPEVAL_FLORES_DIR", str(require_shared("flores200_devtest")))
     m = random_mask(tmp_path / "m.safetensors", seed=5, per_lang=14)

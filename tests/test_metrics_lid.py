@@ -4,8 +4,8 @@ the steering metric, and accuracy on FLORES devtest sentences."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import require_shared
+
 from lapeval.metrics import lid
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import require_shared
+
 from lapeval.metrics import translation as tr
 
 FALLBACK = [

@@ -1,4 +1,4 @@
-"""``lapeval search-factor`` / :func:`lapeval.factor.search_factor`: the amplification value chosen per target
+"""``lapeval search-factor`` / :func:`lapeval.lss.factor.search_factor`: the amplification value chosen per target
 language by LSS, on a tiny random model with a tiny mask and lapeval's builtin facts."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 import os
 
 import pytest
-
-from lapeval import factor
-from lapeval.taskdata import FACTS_DIR
 from conftest import random_mask
+
+from lapeval.lss import factor
+from lapeval.taskdata import FACTS_DIR
 
 DEFAULT = ["set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero", "scale:2", "scale:5", "scale:10"]
 
@@ -22,7 +22,8 @@ def _mask(path, values=("p_max", "p_median")):
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    from lapeval.lss import load_lape, load_lss_tasks
+    from lapeval.lss.matrix import load_lape
+    from lapeval.lss.tasks import load_lss_tasks
 
     old = os.environ.get("LAPEVAL_MLAMA_DIR")
     os.environ["LAPEVAL_MLAMA_DIR"] = str(FACTS_DIR)
@@ -49,7 +50,7 @@ def test_default_candidates_and_parsing():
 
 
 def test_each_candidate_equals_compute_matrix_alone(setup):
-    from lapeval.lss import compute_matrix
+    from lapeval.lss.matrix import compute_matrix
 
     lm, tasks, mask = setup
     targets = ["en", "fr", "ja"]
@@ -142,7 +143,7 @@ def test_one_line_errors_before_loading_anything(tmp_path, capsys, extra, expect
 def test_composite_and_graded_candidates_equal_compute_matrix(setup):
     """A composite candidate (a term on the target plus one on a named language) and a graded one score
     exactly what compute_matrix gives for the same spec; alone, the one-term spec equals mode/value."""
-    from lapeval.lss import compute_matrix
+    from lapeval.lss.matrix import compute_matrix
 
     lm, tasks, mask = setup
     cands = ["zero@en;set:p_max", "add:2*p_max", "set:p_max;scope:generation", "set:p_max"]

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import require_shared
 
 pytestmark = pytest.mark.real
@@ -30,10 +29,11 @@ def smollm2_dir() -> Path:
 
 
 def test_identify_mask_identity_and_interventions(smollm2_dir, tmp_path):
-    import lapeval
-    from lapeval.lm import LapeLM
     from lm_eval.models.huggingface import HFLM
     from test_lm import samples, xcopa_group
+
+    import lapeval
+    from lapeval.lm import LapeLM
 
     ntrex = require_shared("ntrex128")
     mask = lapeval.identify("smollm2-135m", ["en", "fr", "es", "zh"], f"ntrex:{ntrex}", max_tokens=1500, n_sentences=20,

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import FAMILIES, tiny_model
 from torch import nn
 
-from conftest import FAMILIES, tiny_model
 from lapeval.sites import UnsupportedModelError, find_sites, stack_of
 
 EXPECTED = {  # family -> (site path of layer 0, d_ff, gated)

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import _CORPUS, tiny_model
-from lapeval import stats as stats_mod
+
+from lapeval.identification import stats as stats_mod
+from lapeval.identification.stats import (
+    CollectConfig,
+    LanguageStats,
+    Stats,
+    collect,
+    collect_language,
+    sequences,
+    special_prefix,
+)
 from lapeval.sites import find_sites, stack_of
-from lapeval.stats import CollectConfig, LanguageStats, Stats, collect, collect_language, sequences, special_prefix
 
 
 def texts_for(lang_index: int, n: int = 40, seed: int = 0) -> list[str]:
@@ -168,7 +176,7 @@ def test_two_process_gloo_equals_single_process(tmp_path, tiny_tokenizer):
 
 
 def test_prefetch_keeps_order_and_reraises():
-    from lapeval.stats import _prefetch
+    from lapeval.identification.stats import _prefetch
 
     assert list(_prefetch(iter(range(10_000)), depth=7)) == list(range(10_000))
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, require_shared
+
 from lapeval import languages, taskdata
 
 TASKS = ROOT / "tasks"
@@ -264,11 +264,10 @@ def test_flores_ppl_scores_text_tokens_only_not_bos(tiny_model_dir, monkeypatch)
     import math
 
     import torch
+    from conftest import ROOT, require_shared
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from conftest import ROOT, require_shared
 
     monkeypatch.setenv("LAPEVAL_FLORES_DIR", str(require_shared("flores200_devtest")))
     tm = TaskManager(include_defaults=False, include_path=str(ROOT / "tasks"))

@@ -19,7 +19,11 @@ example: lapeval check out/ci --against out/ci-reference --tolerance 0.01 --tole
 
 
 def register(sub) -> None:
-    from ..check import DEFAULT_ABS_TOL, DEFAULT_REL_TOL, DEFAULT_STDERR_K  # pure json/math: cheap
+    from ..gate import (  # pure json/math: cheap
+        DEFAULT_ABS_TOL,
+        DEFAULT_REL_TOL,
+        DEFAULT_STDERR_K,
+    )
 
     p = sub.add_parser("check", help="CI regression gate: fail when a metric moved beyond tolerance from a reference",
                        description="Compare evaluation results with a reference; exit 1 when a metric moved beyond "
@@ -47,7 +51,7 @@ def register(sub) -> None:
 
 def _check(args) -> int:
     from .._io import write_json
-    from ..check import CheckError, check
+    from ..gate import CheckError, check
 
     cmp = check(args.results, args.against, args.tolerance, rel_tolerance=args.rel_tolerance, stderr_k=args.stderr_k,
                 cells=args.cells, tasks=args.tasks, metrics=args.metrics)

@@ -72,29 +72,21 @@ def _grid(args) -> int:
     from pathlib import Path
 
     from ..errors import InputFileError
-    from ..grid import GridConfig, run_grid
+    from ..grid.config import GridConfig
+    from ..grid.run import run_grid
 
     if args.summary_only:
-        from ..report import write_summary
-
-        from ..results import read_json
+        from ..grid.report import write_summary
 
         out = Path(args.output or args.config or "out/grid")
         if args.config and not args.output and Path(args.config).is_file():
             out = Path(GridConfig.load(args.config).output)
         if not (out / "grid.json").is_file():
             raise InputFileError(f"{out} holds no grid.json: give the grid's output directory with --output")
-        if "models" in read_json(out / "grid.json", "grid file", "rerun lapeval grid"):
-            from ..report import write_models_summary
-
-            write_models_summary(out, log=lambda m: print(m, file=sys.stderr))
-        else:
-            write_summary(out, log=lambda m: print(m, file=sys.stderr))
+        write_summary(out, log=lambda m: print(m, file=sys.stderr))
         return 0
     overrides = {k: getattr(args, k) for k in (*FLAGS, "limit", "batch_size", "num_fewshot", "bootstrap_iters",
                                                 "ci_resamples", "seed", "parallel")}
-    if overrides["limit"] is not None and overrides["limit"] >= 1:
-        overrides["limit"] = int(overrides["limit"])
     cfg = GridConfig.load(args.config, overrides)
     status = run_grid(cfg, log=lambda m: print(m, file=sys.stderr), shard=args.shard)
     ran = sum(v == "ran" for v in status.values())

@@ -78,7 +78,7 @@ def _report(mask, out) -> None:
 
 
 def _collect(args) -> int:
-    from ..identification import collect
+    from ..identification.pipeline import collect
 
     collect(args.model, args.languages, args.corpus, args.out, **_collect_kwargs(args))
     print(args.out)
@@ -86,7 +86,7 @@ def _collect(args) -> int:
 
 
 def _select(args) -> int:
-    from ..identification import select
+    from ..identification.pipeline import select
 
     mask = select(args.stats, out=args.out, **_select_kwargs(args))
     _report(mask, args.out)
@@ -94,8 +94,8 @@ def _select(args) -> int:
 
 
 def _identify(args) -> int:
-    from ..identification import identify
-    from ..stats import rank_world
+    from ..identification.pipeline import identify
+    from ..identification.stats import rank_world
 
     mask = identify(args.model, args.languages, args.corpus, out=args.out, stats_out=args.stats_out, plot=args.plot,
                     **_collect_kwargs(args), **_select_kwargs(args))

@@ -91,7 +91,7 @@ def _report(result: dict, out: str | None) -> None:
 def _score(args) -> int:
     from .._io import check_writable
     from ..errors import UsageError
-    from ..lss import lss_score
+    from ..lss.matrix import lss_score
 
     if args.out:
         check_writable(args.out, "--out")
@@ -114,7 +114,7 @@ def _run_kwargs(args) -> dict:
 
 def _matrix(args) -> int:
     from .._io import check_writable
-    from ..lss import lss_matrix
+    from ..lss.matrix import lss_matrix
 
     if args.out:
         check_writable(args.out, "--out")
@@ -126,7 +126,7 @@ def _matrix(args) -> int:
 
 
 def _layers(args) -> int:
-    from ..lss import format_layers, lss_layers
+    from ..lss.matrix import format_layers, lss_layers
 
     result = lss_layers(args.model, args.neurons, args.languages, args.targets, args.facts, out=args.out,
                         **_run_kwargs(args))
@@ -137,7 +137,7 @@ def _layers(args) -> int:
 
 
 def _tasks(args) -> int:
-    from ..lss import write_lss_tasks
+    from ..lss.tasks import write_lss_tasks
 
     for path in write_lss_tasks(args.facts, args.out):
         print(path)

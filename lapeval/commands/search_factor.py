@@ -9,7 +9,7 @@ scale:2, scale:5, scale:10``) on each target's neurons against one baseline, and
 * ``<mask stem>.factor.md``: the table in markdown (best of each column in bold);
 * ``<mask stem>.factor.png``: the same as a heatmap.
 
-Ties go to the earlier candidate in the list. See :func:`lapeval.factor.search_factor`.
+Ties go to the earlier candidate in the list. See :func:`lapeval.lss.factor.search_factor`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def register(sub) -> None:
 
 
 def _search(args) -> int:
-    from ..factor import factor_paths, format_table, search_factor, sweep_path
+    from ..lss.factor import factor_paths, format_table, search_factor, sweep_path
 
     doc = search_factor(args.model, args.neurons, args.languages, args.targets, candidates=args.candidates,
                         scales=args.scales, layers=args.layers, sweep=args.sweep, alphas=args.alphas, facts=args.facts, limit=args.limit,
