@@ -15,12 +15,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import LapevalError, OutputError
 
 _FIX = {
     errno.ENOSPC: "free space there (or choose another output location) and rerun: finished work is kept",
@@ -229,3 +230,72 @@ def torch_save(obj, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return write_bytes(path, buf.getvalue())
+
+
+# ---- names from outside as path components ---------------------------------------------------------
+class UnsafePathError(LapevalError, ValueError):
+    """A path built from a name (a task, a model, a grid cell folder) that would leave its output folder."""
+
+
+# What a terminal obeys or hides rather than shows: C0 controls, DEL, C1 controls (8-bit CSI/OSC ...),
+# bidi marks, overrides and isolates, zero-width and invisible format characters, line and paragraph
+# separators, tag characters, lone surrogates. Explicit ranges, so that names do not change with Python's
+# Unicode version.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+                      "\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e007f]")
+_UNSAFE = re.compile(r'[/\\:*?"<>|]|' + _CONTROL.pattern)  # also what Windows refuses in a file name
+_HASH_LEN = 12  # hex digits of sha256 kept (48 bits)
+_HASHED = re.compile(rf"~[0-9a-f]{{{_HASH_LEN}}}\Z")  # the suffix safe_name adds
+
+
+def printable(text) -> str:
+    """``str(text)`` with every control character (see ``_CONTROL``: ESC, BEL, CR, C1 CSI, bidi overrides,
+    zero-width ...) written as a Python escape (``\\x1b``, ``\\u202e``), everything else unchanged: text
+    read from a file is shown, never obeyed by the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def dumps_printable(obj, **kwargs) -> str:
+    """``json.dumps(obj, ensure_ascii=False, **kwargs)`` with the control characters JSON leaves raw (DEL,
+    C1, bidi overrides, zero-width ...) written as ``\\uXXXX`` escapes: the same JSON, safe on a terminal."""
+    text = json.dumps(obj, ensure_ascii=False, **kwargs)  # escapes C0 inside strings; indent newlines stay
+    return _CONTROL.sub(lambda m: m.group() if m.group() < " " else json.dumps(m.group())[1:-1], text)
+
+
+def safe_name(text: str, max_len: int = 100) -> str:
+    """Any task, model, metric or label text as ONE file or folder name, deterministically.
+
+    The result holds no ``/`` or ``\\``, no character Windows refuses (``:*?"<>|``), no control character
+    (:func:`printable`), does not start with a dot (so it is never ``.``, ``..`` or hidden), is not empty
+    and takes at most ``max_len`` bytes in UTF-8 (file systems count bytes: 255 at most). A name that
+    already is all that comes back unchanged (``set=p_max__fr``, ``flores_ppl_fr``). Any other gets its
+    unsafe characters and leading dots replaced by ``_``, is cut to a readable prefix, and ends in ``~``
+    plus 12 hex digits of the sha256 of the original text. A name that itself ends like that is hashed
+    too, so distinct inputs give distinct outputs (up to a 48-bit hash collision)."""
+    if max_len < _HASH_LEN + 8:
+        raise ValueError(f"safe_name: max_len={max_len} leaves no room for a name (at least {_HASH_LEN + 8})")
+    text = str(text)
+    clean = _UNSAFE.sub("_", text)
+    stripped = clean.lstrip(".")
+    clean = "_" * (len(clean) - len(stripped)) + stripped
+    if clean == text and text and len(text.encode("utf-8")) <= max_len and not _HASHED.search(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+    prefix = clean.encode("utf-8")[: max_len - _HASH_LEN - 1].decode("utf-8", "ignore")  # whole characters
+    return f"{prefix or '_'}~{digest}"
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` resolved (symlinks followed; a relative path is taken under ``root``), checked to be
+    ``root`` itself or below it: a one-line :class:`UnsafePathError` naming both when it is not."""
+    base = Path(root).resolve()
+    try:
+        resolved = (base / path).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise UnsafePathError(f"{what} {printable(path)} under {base} cannot be resolved ({e})") from None
+    if not resolved.is_relative_to(base):
+        raise UnsafePathError(
+            f"{what} {printable(path)} resolves to {printable(resolved)}, outside the output folder {base}: "
+            "refusing to use it (a name holding '..' or '/', or a symlink out of the folder)"
+        )
+    return resolved

@@ -291,7 +291,22 @@ class LapeLM(HFLM):
         stores under ``sha256(request, model, intervention of that request)``. Lookups by CachingLM mark the
         database as in use for the next request call only, so a hook left on a reused instance after a
         cached run (docs/lm-eval-notes.md §6) never caches later uncached runs.
+
+        Only lm-eval 0.4's sqlitedict ``SqliteDict`` is taken over. A hook onto any other backend (lm-eval
+        0.5 replaces it with a JSON sqlite store) is refused with a one-line
+        :class:`~lapeval.errors.LapevalWarning`: the model then runs uncached and writes nothing through the
+        hook, rather than failing or storing answers under keys blind to the intervention.
         """
+        unknown = _unknown_backend(cache_hook)
+        if unknown:
+            import warnings
+
+            from .errors import LapevalWarning
+
+            warnings.warn(f"lm-eval's request cache is a {unknown}, which lapeval cannot key per intervention: the "
+                          "lape model runs without caching; give each intervention setting its own --use_cache "
+                          "path (or drop --use_cache)", LapevalWarning, stacklevel=2)
+            cache_hook = CacheHook(None)
         db = getattr(cache_hook, "dbdict", None)
         if db is not None:
             _guard(db)
@@ -350,6 +365,20 @@ _watch_tasks()
 
 # ---- the guarded cache database -------------------------------------------------------------------
 _GUARDED: dict[type, type] = {}
+
+
+def _unknown_backend(cache_hook) -> str | None:
+    """None when ``cache_hook`` is one :meth:`LapeLM.set_cache_hook` knows: lm-eval's ``CacheHook`` onto
+    nothing, or onto a sqlitedict ``SqliteDict`` (lm-eval 0.4's ``CachingLM``). Otherwise a description of
+    what it caches into, for the warning."""
+    db = getattr(cache_hook, "dbdict", None)
+    if db is None:
+        return None if isinstance(cache_hook, CacheHook) else f"{type(cache_hook).__qualname__} hook"
+    try:
+        from sqlitedict import SqliteDict
+    except ImportError:  # an lm-eval release without sqlitedict
+        SqliteDict = ()
+    return None if isinstance(db, SqliteDict) else f"{type(db).__module__}.{type(db).__qualname__}"
 
 
 def _guard(db) -> None:

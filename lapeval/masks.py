@@ -33,7 +33,51 @@ VALUE_KINDS = ("p_max", "p_median")
 
 
 class MaskError(LapevalError, ValueError):
-    pass
+    """A mask file that cannot be used (missing, another format, the wrong model, a language it lacks)."""
+
+
+class CorruptMaskError(MaskError):
+    """A mask file, or a reference file being imported, whose contents cannot be a mask: non-finite values,
+    impossible shapes or indices, wrong types. One line naming the file, the language (and layer) and the fix."""
+
+
+# Sanity bounds checked before anything of a file's claimed size is allocated: far above any released
+# model (Llama-3.1-405B: 126 layers × 53,248), far below what would exhaust memory.
+MAX_LAYERS = 4096
+MAX_NEURONS = 1 << 26  # n_layers × d_ff
+_META_TYPES = {"site": dict, "selection": dict, "collect": dict, "n_tokens": dict, "n_sentences": dict,
+               "d_ff_inferred": bool}
+
+
+def _check_shape(n_layers: int, d_ff: int, where: str, fix: str = "re-create the mask with lapeval identify or select") -> None:
+    """A one-line :class:`CorruptMaskError` for a shape no model has (0 or negative, or beyond the bounds)."""
+    if not (1 <= n_layers <= MAX_LAYERS and 1 <= d_ff and n_layers * d_ff <= MAX_NEURONS):
+        raise CorruptMaskError(
+            f"{where}: {n_layers} layers × {d_ff} FFN neurons is not the shape of a model (1 to {MAX_LAYERS} "
+            f"layers, at most {MAX_NEURONS:,} neurons in all); {fix}"
+        )
+
+
+def _check_tensors(s: "LanguageNeurons", lang: str, where: str) -> None:
+    """One language's tensors: 1-D, the same length, integer indices, finite floating-point values."""
+    named = {"layer": s.layer, "neuron": s.neuron, **s.values}
+    for kind, t in named.items():
+        if t.dim() != 1:
+            raise CorruptMaskError(f"{where}: {lang}.{kind} is a {t.dim()}-D tensor of shape {list(t.shape)}, "
+                                   "not a list; re-create the mask with lapeval identify or select")
+    if len({t.numel() for t in named.values()}) > 1:
+        raise CorruptMaskError(f"{where}: the tensors of {lang} differ in length; re-create the mask with lapeval select")
+    for kind in ("layer", "neuron"):
+        if named[kind].is_floating_point() or named[kind].is_complex() or named[kind].dtype == torch.bool:
+            raise CorruptMaskError(f"{where}: {lang}.{kind} holds {named[kind].dtype} values, not integer indices; "
+                                   "re-create the mask with lapeval identify or select")
+    for kind, v in s.values.items():
+        if not v.is_floating_point():
+            raise CorruptMaskError(f"{where}: {lang}.{kind} holds {v.dtype} values, not floating point; "
+                                   "re-create the mask with lapeval identify or select")
+        if not bool(torch.isfinite(v).all()):
+            raise CorruptMaskError(f"{where}: {lang}.{kind} holds NaN or infinite values; re-create the mask with "
+                                   "lapeval identify or select (its statistics must come from real activations)")
 
 
 @dataclass
@@ -199,26 +243,39 @@ class NeuronMask:
             n_layers, d_ff = int(header["n_layers"]), int(header["d_ff"])
             meta = json.loads(header.get("lapeval", "{}"))
         except KeyError as e:
-            raise MaskError(f"{bad}: its metadata lacks {e.args[0]!r}; re-save it with lapeval identify or select") from None
+            raise CorruptMaskError(f"{bad}: its metadata lacks {e.args[0]!r}; re-save it with lapeval identify or select") from None
         except ValueError as e:  # json.JSONDecodeError too
-            raise MaskError(f"{bad}: unreadable metadata ({str(e).splitlines()[0]}); re-save it with lapeval identify or select") from None
-        if not (isinstance(languages, list) and all(isinstance(l, str) for l in languages) and languages):
-            raise MaskError(f"{bad}: its 'languages' metadata is not a list of codes; re-save it with lapeval select")
+            raise CorruptMaskError(f"{bad}: unreadable metadata ({str(e).splitlines()[0]}); re-save it with lapeval identify or select") from None
+        if not (isinstance(languages, list) and all(isinstance(l, str) and l for l in languages) and languages):
+            raise CorruptMaskError(f"{bad}: its 'languages' metadata is not a list of codes; re-save it with lapeval select")
+        twice = sorted({l for l in languages if languages.count(l) > 1})
+        if twice:
+            raise CorruptMaskError(f"{bad}: its 'languages' metadata lists {', '.join(twice)} twice; re-save it with lapeval select")
         if not isinstance(meta, dict):
-            raise MaskError(f"{bad}: its 'lapeval' metadata is not a JSON object; re-save it with lapeval select")
+            raise CorruptMaskError(f"{bad}: its 'lapeval' metadata is not a JSON object; re-save it with lapeval select")
+        wrong = [k for k, t in _META_TYPES.items() if k in meta and not isinstance(meta[k], t)]
+        if wrong:
+            k = wrong[0]
+            raise CorruptMaskError(f"{bad}: its 'lapeval' metadata has a {type(meta[k]).__name__} under {k!r} where a "
+                                   f"{_META_TYPES[k].__name__} belongs; re-save it with lapeval identify or select")
+        _check_shape(n_layers, d_ff, bad)
         sets = {}
         for lang in languages:
             lacking = [k for k in (f"{lang}.layer", f"{lang}.neuron") if k not in tensors]
             if lacking:
-                raise MaskError(f"{bad}: no {' / '.join(lacking)} tensor for {lang} (a language of its metadata); "
-                                "re-save it with lapeval identify or select")
+                raise CorruptMaskError(f"{bad}: no {' / '.join(lacking)} tensor for {lang} (a language of its metadata); "
+                                       "re-save it with lapeval identify or select")
             vals = {k: tensors[f"{lang}.{k}"] for k in VALUE_KINDS if f"{lang}.{k}" in tensors}
-            s = LanguageNeurons(tensors[f"{lang}.layer"].long(), tensors[f"{lang}.neuron"].long(), vals)
-            if s.layer.shape != s.neuron.shape or any(v.shape != s.layer.shape for v in vals.values()):
-                raise MaskError(f"{bad}: the tensors of {lang} differ in length")
+            s = LanguageNeurons(tensors[f"{lang}.layer"], tensors[f"{lang}.neuron"], vals)
+            _check_tensors(s, lang, bad)
+            s.layer, s.neuron = s.layer.long(), s.neuron.long()
             if len(s) and (int(s.layer.max()) >= n_layers or int(s.neuron.max()) >= d_ff or int(s.layer.min()) < 0
                            or int(s.neuron.min()) < 0):
-                raise MaskError(f"{path}: {lang} indexes a neuron outside {n_layers} layers × {d_ff}; the file is corrupt")
+                raise CorruptMaskError(f"{path}: {lang} indexes a neuron outside {n_layers} layers × {d_ff}; the file is corrupt")
+            flat = s.layer * d_ff + s.neuron
+            if len(s) > 1 and not bool((flat[1:] > flat[:-1]).all()):
+                raise CorruptMaskError(f"{bad}: the neurons of {lang} are not sorted by (layer, neuron) without repeats; "
+                                       "re-save it with lapeval select")
             sets[lang] = s
         return cls(languages, n_layers, d_ff, sets, meta, path)
 
@@ -267,6 +324,8 @@ def import_reference(
     ``max.pt`` / ``median.pt`` ([n_langs, n_layers, d_ff]) can be given as p_max / p_median."""
     if fmt not in FORMATS:
         raise MaskError(f"unknown mask format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if d_ff is not None and d_ff < 1:
+        raise MaskError(f"--d-ff {d_ff}: the FFN width of a model is a positive number")
     langs = parse_list(languages) if languages else list(DEFAULT_LANGUAGES[fmt])
     obj = _load_pth(path)
     if not (isinstance(obj, (list, tuple)) and obj and all(isinstance(x, (list, tuple)) for x in obj)):
@@ -276,30 +335,68 @@ def import_reference(
             f"{path} has {len(obj)} language entries but {len(langs)} languages were given ({','.join(langs)}); the "
             "reference drops trailing languages that got no neurons (method.md §8): pass --languages for the entries it has"
         )
+    bad = f"{path} is a corrupt mask file ({fmt} layout)"
     n_layers = len(obj[0])
-    if any(len(x) != n_layers for x in obj):
-        raise MaskError(f"{path}: language entries differ in their number of layers")
-    max_idx = max((int(t.max()) for x in obj for t in x if torch.as_tensor(t).numel()), default=-1)
+    for lang, per_layer in zip(langs, obj):
+        if not per_layer:
+            raise CorruptMaskError(f"{bad}: {lang} has no layers (an empty list); check --format and --languages")
+        if len(per_layer) != n_layers:
+            raise CorruptMaskError(f"{bad}: {lang} has {len(per_layer)} layers but {langs[0]} has {n_layers}")
+    indices = {lang: [_index_tensor(t, lang, l, bad) for l, t in enumerate(per_layer)] for lang, per_layer in zip(langs, obj)}
+    max_idx = max((int(t.max()) for per_layer in indices.values() for t in per_layer if t.numel()), default=-1)
     values_files = {k: v for k, v in (("p_max", p_max), ("p_median", p_median)) if v}
     full_values = {k: _load_pth(v) for k, v in values_files.items()}
     for k, v in full_values.items():
         if not isinstance(v, torch.Tensor) or v.dim() != 3 or v.shape[:2] != (len(langs), n_layers):
             raise MaskError(f"{values_files[k]} must be a tensor [{len(langs)}, {n_layers}, d_ff] of {k} values")
+        if not v.is_floating_point():
+            raise CorruptMaskError(f"{values_files[k]} holds {v.dtype}, not floating-point {k} values")
         d_ff = d_ff or int(v.shape[2])
     inferred = d_ff is None
     d_ff = d_ff or max_idx + 1
+    if d_ff == 0:
+        raise MaskError(f"{path} holds no neuron in any language, so the model's width is unknown: pass --d-ff")
+    _check_shape(n_layers, d_ff, bad, "check the file, --format and --d-ff")  # before anything that size is touched
     if max_idx >= d_ff:
         raise MaskError(f"{path} indexes neuron {max_idx} but d_ff is {d_ff}")
-    assigned = torch.zeros(len(langs), n_layers, d_ff, dtype=torch.bool)
-    for i, per_layer in enumerate(obj):
-        for l, idx in enumerate(per_layer):
-            assigned[i, l, torch.as_tensor(idx, dtype=torch.long)] = True
+    for k, v in full_values.items():
+        if v.shape[2] != d_ff:
+            raise MaskError(f"{values_files[k]} holds {v.shape[2]} {k} values per layer but d_ff is {d_ff}")
+    sets = {}
+    for i, lang in enumerate(langs):  # no dense [languages, layers, d_ff] tensor: memory follows the file
+        per_layer = [t.unique() for t in indices[lang]]  # sorted, without repeats
+        layer = torch.cat([torch.full_like(t, l) for l, t in enumerate(per_layer)])
+        neuron = torch.cat(per_layer)
+        vals = {k: v[i][layer, neuron].to(torch.float32) for k, v in full_values.items()}
+        sets[lang] = LanguageNeurons(layer, neuron, vals)
+        _check_tensors(sets[lang], lang, f"{bad} (with its {' / '.join(map(str, values_files.values()))})" if vals else bad)
     meta = {
         "selection": {"method": "lape", "source": f"imported from {fmt}", "file": Path(path).name},
         "imported_sha256": sha256_file(path),
         "d_ff_inferred": inferred,
     }
-    return NeuronMask.from_assignment(assigned, langs, {k: v.float() for k, v in full_values.items()}, meta)
+    return NeuronMask(list(langs), n_layers, d_ff, sets, meta)
+
+
+def _index_tensor(t, lang: str, layer: int, bad: str) -> torch.Tensor:
+    """One layer's neuron indices from a reference file, as int64: a 1-D integer tensor of indices >= 0, at
+    most :data:`MAX_NEURONS` of them; anything else is a one-line :class:`CorruptMaskError`."""
+    where = f"{bad}: {lang}, layer {layer}"
+    if not isinstance(t, torch.Tensor):
+        raise CorruptMaskError(f"{where} is a {type(t).__name__}, not an index tensor; check --format")
+    if t.dim() != 1:
+        raise CorruptMaskError(f"{where} is a {t.dim()}-D tensor of shape {list(t.shape)}, not a list of indices")
+    if t.numel() > MAX_NEURONS:
+        raise CorruptMaskError(f"{where} holds {t.numel():,} indices, more than any model's neurons")
+    if t.is_floating_point():
+        odd = t[~(t.isfinite() & (t == t.trunc()))]  # fractions, NaN, inf
+        example = f" such as {odd[0].item():g}" if odd.numel() else ""
+        raise CorruptMaskError(f"{where} holds {t.dtype} values{example}, not integer neuron indices")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise CorruptMaskError(f"{where} holds {t.dtype} values, not integer neuron indices")
+    if t.numel() and int(t.min()) < 0:
+        raise CorruptMaskError(f"{where} holds index {int(t.min())}; neuron indices start at 0")
+    return t.long()
 
 
 def export_reference(mask: NeuronMask, path: str | Path, fmt: str = "rucaibox") -> list[Path]:

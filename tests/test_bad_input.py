@@ -379,3 +379,66 @@ def test_eval_fails_when_lm_eval_saved_nothing(tmp_path, monkeypatch, capsys, sa
     else:
         assert rc == 2 and len(err) == 1, err
         assert err[0].startswith("lapeval eval: error: lm-eval could not save its results under --output_path")
+
+
+# ---- issue 24: NaN, corrupt and hostile mask files, reference files to import (rows 3, 4, 8) ------------------
+def _corrupt_mask(path: Path, tensors: dict | None = None, **header) -> None:
+    from safetensors.torch import save_file
+
+    good = {"en.layer": torch.tensor([0, 1]), "en.neuron": torch.tensor([3, 0]), "en.p_max": torch.tensor([1.0, 2.0]),
+            "en.p_median": torch.tensor([0.5, 0.25])}
+    meta = {"format": "lapeval.neuron_mask", "format_version": "1", "languages": '["en"]', "n_layers": "2", "d_ff": "4"}
+    save_file({**good, **(tensors or {})}, str(path), {**meta, **header})
+
+
+@pytest.fixture
+def hostile(scratch):
+    """``scratch`` plus broken mask files and reference files."""
+    m = {
+        "nan": ({"en.p_max": torch.tensor([1.0, float("nan")])}, {}),
+        "inf": ({"en.p_median": torch.tensor([0.5, float("inf")])}, {}),
+        "huge": ({}, {"d_ff": str(10**15)}),
+        "negative": ({}, {"n_layers": "-2"}),
+        "strobj": ({}, {"lapeval": json.dumps({"site": "model.layers"})}),
+        "twod": ({"en.layer": torch.tensor([[0, 1]]), "en.neuron": torch.tensor([[3, 0]])}, {}),
+        "twice": ({}, {"languages": '["en", "en"]'}),
+    }
+    for name, (tensors, header) in m.items():
+        _corrupt_mask(scratch / f"{name}.safetensors", tensors, **header)
+    refs = {"neg": [[torch.tensor([0]), torch.tensor([-1, 2])]], "frac": [[torch.tensor([1.7])]],
+            "twodidx": [[torch.tensor([[1, 2], [3, 4]])]], "nolayers": [[]], "list": [[[1, 2, 3]]],
+            "tb": [[torch.tensor([0, 10**12])]]}
+    for name, obj in refs.items():
+        torch.save(obj, scratch / f"{name}.pth")
+    torch.save([[torch.tensor([0, 5])]], scratch / "lape.pth")
+    torch.save(torch.zeros(1).expand(1, 1, 10**12), scratch / "tb.max.pt")  # claims 4 TB, 1.5 KB on disk
+    return scratch
+
+
+IMPORT = ["masks", "import", "--format", "rucaibox", "--languages", "en", "--out", "o/m.safetensors"]
+CORRUPT = "corrupt mask"
+HOSTILE_CASES = [
+    ("mask-nan-p-max", ["masks", "show", "nan.safetensors"], ["nan.safetensors", CORRUPT, "en.p_max", "NaN"]),
+    ("mask-inf-p-median", ["masks", "show", "inf.safetensors"], ["inf.safetensors", CORRUPT, "en.p_median"]),
+    ("lss-nan-mask", ["lss", "matrix", "--model", "gemma-3-270m", "--neurons", "nan.safetensors", "--languages", "en,fr",
+                      "--facts", "builtin"], ["nan.safetensors", CORRUPT, "NaN"]),
+    ("mask-huge-shape", ["masks", "show", "huge.safetensors"], ["huge.safetensors", CORRUPT, str(10**15)]),
+    ("mask-negative-shape", ["masks", "show", "negative.safetensors"], [CORRUPT, "-2 layers"]),
+    ("mask-string-for-object", ["masks", "show", "strobj.safetensors"], [CORRUPT, "'site'"]),
+    ("mask-2d-tensors", ["masks", "show", "twod.safetensors"], [CORRUPT, "en.layer", "2-D"]),
+    ("mask-language-twice", ["masks", "show", "twice.safetensors"], [CORRUPT, "en twice"]),
+    ("mask-export-nan", ["masks", "export", "nan.safetensors", "--out", "o/x.pth"], [CORRUPT, "NaN"]),
+    ("import-index-negative", [*IMPORT[:2], "neg.pth", *IMPORT[2:]], [CORRUPT, "en, layer 1", "-1"]),
+    ("import-index-fraction", [*IMPORT[:2], "frac.pth", *IMPORT[2:]], [CORRUPT, "en, layer 0", "1.7"]),
+    ("import-index-2d", [*IMPORT[:2], "twodidx.pth", *IMPORT[2:]], [CORRUPT, "en, layer 0", "2-D"]),
+    ("import-no-layers", [*IMPORT[:2], "nolayers.pth", *IMPORT[2:]], [CORRUPT, "en has no layers"]),
+    ("import-list-not-tensors", [*IMPORT[:2], "list.pth", *IMPORT[2:]], [CORRUPT, "en, layer 0", "list"]),
+    ("import-index-1tb", [*IMPORT[:2], "tb.pth", *IMPORT[2:]], [CORRUPT, "1000000000001 FFN neurons"]),
+    ("import-values-1tb", ["masks", "import", "lape.pth", "--format", "lang-task-neuron", "--languages", "en",
+                           "--p-max", "tb.max.pt", "--out", "o/m.safetensors"], [CORRUPT, "1000000000000 FFN neurons"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", [c[1:] for c in HOSTILE_CASES], ids=[c[0] for c in HOSTILE_CASES])
+def test_hostile_masks_are_one_line_exit_2(hostile, capsys, monkeypatch, argv, words):
+    test_bad_input_is_one_line_exit_2(hostile, capsys, monkeypatch, argv, words)

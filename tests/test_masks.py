@@ -179,3 +179,132 @@ def test_saving_twice_gives_the_same_bytes_in_any_process(tmp_path):
 
     m = NeuronMask.load(tmp_path / "m0.safetensors")
     assert m.languages == ["en", "fr", "ja"] and m.meta["method"] == "lape"
+
+
+# ---- hostile and broken files (issue 24 rows 3, 4, 7, 8) --------------------------------------------------
+from lapeval.masks import MAX_NEURONS, CorruptMaskError  # noqa: E402
+
+HEADER = {"format": "lapeval.neuron_mask", "format_version": "1", "languages": '["en"]', "n_layers": "2", "d_ff": "4"}
+GOOD = {"en.layer": torch.tensor([0, 1]), "en.neuron": torch.tensor([3, 0]),
+        "en.p_max": torch.tensor([1.0, 2.0]), "en.p_median": torch.tensor([0.5, 0.25])}
+
+
+def _mask_file(path, tensors=None, **header):
+    from safetensors.torch import save_file
+
+    save_file({**GOOD, **(tensors or {})}, str(path), metadata={**HEADER, **header})
+    return path
+
+
+@pytest.mark.parametrize("name,tensors,header,words", [
+    ("nan", {"en.p_max": torch.tensor([1.0, float("nan")])}, {}, ["en.p_max", "NaN or infinite"]),
+    ("inf", {"en.p_median": torch.tensor([float("-inf"), 0.0])}, {}, ["en.p_median", "NaN or infinite"]),
+    ("huge-shape", {}, {"n_layers": "1000000000000"}, ["1000000000000 layers", "not the shape of a model"]),
+    ("huge-width", {}, {"d_ff": str(MAX_NEURONS)}, ["not the shape of a model"]),
+    ("negative-shape", {}, {"d_ff": "-4"}, ["-4 FFN neurons"]),
+    ("zero-layers", {}, {"n_layers": "0"}, ["0 layers"]),
+    ("string-for-object", {}, {"lapeval": json.dumps({"selection": "lape"})}, ["a str under 'selection'"]),
+    ("string-for-bool", {}, {"lapeval": json.dumps({"d_ff_inferred": "no"})}, ["'d_ff_inferred'"]),
+    ("2d-tensors", {"en.layer": torch.tensor([[0, 1]]), "en.neuron": torch.tensor([[3, 0]])}, {}, ["en.layer", "2-D"]),
+    ("2d-values", {"en.p_max": torch.tensor([[1.0, 2.0]])}, {}, ["en.p_max", "2-D"]),
+    ("language-twice", {}, {"languages": '["en", "en"]'}, ["en twice"]),
+    ("empty-language", {}, {"languages": '["en", ""]'}, ["not a list of codes"]),
+    ("float-indices", {"en.layer": torch.tensor([0.0, 1.7])}, {}, ["en.layer", "not integer"]),
+    ("int-values", {"en.p_max": torch.tensor([1, 2])}, {}, ["en.p_max", "not floating point"]),
+    ("repeated-neuron", {"en.layer": torch.tensor([1, 1]), "en.neuron": torch.tensor([0, 0])}, {}, ["not sorted"]),
+])
+def test_corrupt_masks_are_refused_in_one_line(tmp_path, name, tensors, header, words):
+    path = _mask_file(tmp_path / f"{name}.safetensors", tensors, **header)
+    with pytest.raises(CorruptMaskError) as e:
+        NeuronMask.load(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "corrupt mask" in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    assert isinstance(e.value, MaskError) and isinstance(e.value, ValueError)
+
+
+def test_a_sound_hand_written_mask_loads(tmp_path):
+    m = NeuronMask.load(_mask_file(tmp_path / "ok.safetensors"))
+    assert m.per_layer("en")[1].tolist() == [0] and m.values_per_layer("en", "p_max")[0].tolist() == [1.0]
+
+
+def _pth(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("name,obj,words", [
+    ("negative", [[torch.tensor([0, 2]), torch.tensor([-1, 3])]], ["en, layer 1", "index -1"]),
+    ("fraction", [[torch.tensor([1.7, 2.0])]], ["en, layer 0", "1.7", "not integer"]),
+    ("whole-floats", [[torch.tensor([1.0])]], ["en, layer 0", "float32", "not integer"]),
+    ("2d-index", [[torch.tensor([[1, 2], [3, 4]])]], ["en, layer 0", "2-D", "[2, 2]"]),
+    ("scalar-index", [[torch.tensor(3)]], ["en, layer 0", "0-D"]),
+    ("no-layers", [[]], ["en has no layers"]),
+    ("list-not-tensors", [[[1, 2, 3]]], ["en, layer 0", "is a list, not an index tensor"]),
+    ("string-not-tensor", [["12"]], ["en, layer 0", "is a str"]),
+    ("bool-index", [[torch.tensor([True, False])]], ["en, layer 0", "torch.bool"]),
+    ("1tb-index", [[torch.tensor([10**12])]], ["1000000000001 FFN neurons", "not the shape of a model"]),
+    ("layers-differ", None, ["fr has 1 layers but en has 2"]),
+])
+def test_bad_reference_files_are_refused_naming_language_and_layer(tmp_path, name, obj, words):
+    langs = "en"
+    if obj is None:
+        obj, langs = [[torch.tensor([0]), torch.tensor([1])], [torch.tensor([0])]], "en,fr"
+    path = _pth(tmp_path / f"{name}.pth", obj)
+    with pytest.raises(CorruptMaskError) as e:
+        import_reference(path, "rucaibox", langs)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and "corrupt mask" in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_import_bounds_sizes_before_allocating(tmp_path):
+    """A lang-task-neuron values file that claims [1, 1, 10^12] (an expanded view: 1.5 KB on disk) is refused
+    from its shape; nothing of that size is allocated (which would take 4 TB)."""
+    idx = _pth(tmp_path / "lape.pth", [[torch.tensor([0, 5])]])
+    huge = _pth(tmp_path / "max.pt", torch.zeros(1).expand(1, 1, 10**12))
+    assert huge.stat().st_size < 10_000
+    with pytest.raises(CorruptMaskError, match="1 layers × 1000000000000 FFN neurons"):
+        import_reference(idx, "lang-task-neuron", "en", p_max=huge)
+    nan = _pth(tmp_path / "nan.pt", torch.tensor([[[0.0, 1, 2, 3, 4, float("nan")]]]))
+    with pytest.raises(CorruptMaskError, match="en.p_max holds NaN"):
+        import_reference(idx, "lang-task-neuron", "en", p_max=nan)
+    narrow = _pth(tmp_path / "narrow.pt", torch.zeros(1, 1, 3))
+    with pytest.raises(MaskError, match="holds 3 p_max values per layer but d_ff is 8"):
+        import_reference(idx, "lang-task-neuron", "en", d_ff=8, p_max=narrow)
+    empty = _pth(tmp_path / "empty.pth", [[torch.tensor([], dtype=torch.long)]])
+    with pytest.raises(MaskError, match="no neuron in any language.*--d-ff"):
+        import_reference(empty, "rucaibox", "en")
+    assert len(import_reference(empty, "rucaibox", "en", d_ff=8).sets["en"]) == 0  # with a width it is a mask
+    with pytest.raises(MaskError, match="--d-ff -3"):
+        import_reference(idx, "rucaibox", "en", d_ff=-3)
+
+
+def test_import_keeps_repeats_once_and_sorts(tmp_path):
+    path = _pth(tmp_path / "x.pth", [[torch.tensor([5, 1, 5]), torch.tensor([2])], [torch.tensor([], dtype=torch.long), torch.tensor([0])]])
+    m = import_reference(path, "rucaibox", "en,fr", d_ff=8)
+    assert m.per_layer("en")[0].tolist() == [1, 5] and m.per_layer("fr")[1].tolist() == [0]
+    back = NeuronMask.load(m.save(tmp_path / "x.safetensors"))  # what import writes, load accepts
+    assert torch.equal(back.as_bool("en"), m.as_bool("en"))
+
+
+def test_masks_show_escapes_terminal_controls(tmp_path, capsys):
+    from lapeval import cli
+
+    evil = "\x1b[2J\x1b]0;owned\x07\x9b1A\u202e"
+    mask, _, _ = random_mask(6, langs=["en", "fr"], empty=())
+    mask.meta.update({"model_id": f"m{evil}", "architecture": evil, "corpus": f"files:{evil}\nFAKE LINE",
+                      "site": {"module": evil, "output_of": evil}, "selection": {evil: evil},
+                      "n_tokens": {"en": evil}})
+    path = mask.save(tmp_path / "evil.safetensors")
+    assert cli.main(["masks", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e\r"), repr(out)
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\x9b1A\\u202e" in out and "\\nFAKE LINE" in out
+    assert not any(l.startswith("FAKE") for l in out.splitlines())
+    assert cli.main(["masks", "show", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e\r"), repr(out)
+    assert json.loads(out)["meta"]["architecture"] == evil  # the same JSON, escaped

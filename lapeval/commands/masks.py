@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -40,29 +39,36 @@ def register(sub) -> None:
 
 
 def _show(args) -> int:
+    """Print a mask's summary. Everything read from the file (model id, corpus, site, selection, language
+    codes) may hold terminal escapes: each line goes out through :func:`~lapeval._io.printable`."""
+    from .._io import dumps_printable, printable
     from ..masks import NeuronMask
 
     mask = NeuronMask.load(args.file)
     s = mask.summary()
     if args.json:
-        print(json.dumps({**s, "sha256": mask.sha256()}, indent=1, ensure_ascii=False))
+        print(dumps_printable({**s, "sha256": mask.sha256()}, indent=1))
         return 0
     meta = mask.meta
     sel = meta.get("selection", {})
-    print(f"{args.file}")
-    print(f"  model      {meta.get('model_id', '?')} ({meta.get('architecture', '?')}), {mask.n_layers} layers × {mask.d_ff}")
+    lines = [f"{args.file}",
+             f"  model      {meta.get('model_id', '?')} ({meta.get('architecture', '?')}), {mask.n_layers} layers × {mask.d_ff}"]
     if "site" in meta:
-        print(f"  site       output of {meta['site'].get('module')} ({meta['site'].get('output_of')})")
-    print(f"  selection  {', '.join(f'{k}={v}' for k, v in sel.items())}")
+        lines.append(f"  site       output of {meta['site'].get('module')} ({meta['site'].get('output_of')})")
+    lines.append(f"  selection  {', '.join(f'{k}={v}' for k, v in sel.items())}")
     if "corpus" in meta:
-        print(f"  corpus     {meta['corpus']}")
-    print(f"  neurons    {s['unique_neurons']} unique; values: {', '.join(s['values']) or 'none'}")
-    width = max(len(l) for l in mask.languages)
-    print(f"  {'lang':<{width}}  total  tokens   per layer")
+        lines.append(f"  corpus     {meta['corpus']}")
+    lines.append(f"  neurons    {s['unique_neurons']} unique; values: {', '.join(s['values']) or 'none'}")
+    shown = {lang: printable(lang) for lang in mask.languages}
+    width = max(len(l) for l in shown.values())
+    lines.append(f"  {'lang':<{width}}  total  tokens   per layer")
+    n_tokens = meta.get("n_tokens", {})
     for lang in mask.languages:
         pl = s["per_language"][lang]
-        tokens = meta.get("n_tokens", {}).get(lang, "")
-        print(f"  {lang:<{width}}  {pl['total']:>5}  {tokens!s:>7}  {' '.join(f'{c:>3}' for c in pl['per_layer'])}")
+        tokens = n_tokens.get(lang, "")
+        lines.append(f"  {shown[lang]:<{width}}  {pl['total']:>5}  {tokens!s:>7}  {' '.join(f'{c:>3}' for c in pl['per_layer'])}")
+    for line in lines:
+        print(printable(line))
     return 0
 
 
