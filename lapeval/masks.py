@@ -312,16 +312,37 @@ def _load_pth(path: str | Path):
 
 
 def import_reference(
-    path: str | Path,
-    fmt: str,
+    file: str | Path,
+    format: str,
     languages: str | list[str] | None = None,
     d_ff: int | None = None,
     p_max: str | Path | None = None,
     p_median: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    model_id: str | None = None,
 ) -> NeuronMask:
     """Read a reference neuron file: a list (one entry per language) of per-layer index tensors, as written
     by RUCAIBox ``identify.py`` (``*.neuron.pth``) and by lang-task-neuron ``lape.py``. The latter's
-    ``max.pt`` / ``median.pt`` ([n_langs, n_layers, d_ff]) can be given as p_max / p_median."""
+    ``max.pt`` / ``median.pt`` ([n_langs, n_layers, d_ff]) can be given as p_max / p_median.
+    ``out``: save the mask there too; ``model_id``: the model the file was made for, recorded in its metadata
+    (``lapeval masks import FILE --format F --out OUT --model-id ID``).
+
+    Example::
+
+        mask = lapeval.import_reference("llama-2-7b.neuron.pth", "rucaibox", out="llama-2-7b.safetensors",
+                                        model_id="meta-llama/Llama-2-7b-hf")
+    """
+    mask = _import_reference(file, format, languages, d_ff, p_max, p_median)
+    if model_id:
+        mask.meta["model_id"] = model_id
+    if out is not None:
+        mask.save(out)
+    return mask
+
+
+def _import_reference(path, fmt, languages, d_ff, p_max, p_median) -> NeuronMask:
+
     if fmt not in FORMATS:
         raise MaskError(f"unknown mask format {fmt!r}: use one of {', '.join(FORMATS)}")
     if d_ff is not None and d_ff < 1:
@@ -399,9 +420,16 @@ def _index_tensor(t, lang: str, layer: int, bad: str) -> torch.Tensor:
     return t.long()
 
 
-def export_reference(mask: NeuronMask, path: str | Path, fmt: str = "rucaibox") -> list[Path]:
-    """Write the reference layout: a list per language of per-layer int64 index tensors (``torch.save``).
-    For lang-task-neuron also ``<stem>.max.pt`` / ``<stem>.median.pt`` holding the p values, zero elsewhere."""
+def export_reference(file, out: str | Path, format: str = "rucaibox") -> list[Path]:
+    """Write the reference layout of a mask (``file``: a :class:`NeuronMask` or its path) to ``out``: a list per
+    language of per-layer int64 index tensors (``torch.save``). For lang-task-neuron also ``<stem>.max.pt`` /
+    ``<stem>.median.pt`` holding the p values, zero elsewhere (``lapeval masks export FILE --out OUT``).
+
+    Example::
+
+        lapeval.export_reference("neuron_masks/gemma-3-270m.safetensors", "gemma.neuron.pth")
+    """
+    mask, path, fmt = file if isinstance(file, NeuronMask) else NeuronMask.load(file), out, format
     if fmt not in FORMATS:
         raise MaskError(f"unknown mask format {fmt!r}: use one of {', '.join(FORMATS)}")
     path = Path(path)

@@ -81,6 +81,10 @@ def prepare(name: str, *, quiet: bool = False) -> Path:
 
     Idempotent and atomic: the folder is written beside its final place and renamed in one step, so a
     killed run leaves no half-written model behind.
+
+    Example::
+
+        lapeval.prepare("gemma-3-270m")   # the folder to pass as pretrained=
     """
     if name not in KNOWN_MODELS:
         raise ModelLoadError(f"unknown model {name!r}: lapeval can prepare {', '.join(sorted(KNOWN_MODELS))}")

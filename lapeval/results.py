@@ -28,6 +28,18 @@ class ResultsError(LapevalError, ValueError):
     """A results, samples or grid file that cannot be read: one line naming it and the fix."""
 
 
+def format_number(x, nd: int = 4, sign: bool = False, *, small: bool = False, missing: str = "–") -> str:
+    """A number in a table: ``nd`` decimals (``+`` for deltas when ``sign``), scientific from 1e6 on (word
+    perplexities of unsegmented scripts reach 1e60) and, with ``small``, also below 1e-3 (tolerances and
+    tiny deltas in the CI gate); ``missing`` for None, NaN and ±inf."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return missing
+    plus = "+" if sign else ""
+    if x != 0 and (abs(x) >= 1e6 or (small and abs(x) < 1e-3)):
+        return f"{x:{plus}.3e}"
+    return f"{x:{plus}.{nd}f}"
+
+
 def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 

@@ -14,7 +14,8 @@ from conftest import ROOT, random_mask, require_shared
 import lapeval
 
 API = ["identify", "collect", "select", "NeuronMask", "Operation", "Intervention", "intervene", "LapeLM",
-       "lss_matrix", "search_factor", "GridConfig", "run_grid", "check", "tasks_path"]
+       "lss_matrix", "search_factor", "GridConfig", "run_grid", "check", "tasks_path",
+       "lss_score", "write_summary", "import_reference", "export_reference", "prepare"]
 
 
 def test_import_lapeval_loads_neither_torch_nor_lm_eval():
@@ -45,11 +46,21 @@ def test_api_keywords_match_the_cli_flags():
     from lapeval.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
-    lss_matrix_parser = next(a for a in sub["lss"]._actions if a.dest == "lss_command").choices["matrix"]
+
+    def child(cmd: str, dest: str, name: str):
+        return next(a for a in sub[cmd]._actions if a.dest == dest).choices[name]
+
     pairs = [(sub["identify"], lapeval.identify, {"no_progress", "plot", "stats_out"}),
              (sub["collect"], lapeval.collect, {"no_progress"}),
-             (lss_matrix_parser, lapeval.lss_matrix, {"model", "neurons", "languages", "out"}),
-             (sub["search-factor"], lapeval.search_factor, {"model", "neurons", "languages"})]
+             (child("lss", "lss_command", "matrix"), lapeval.lss_matrix, {"model", "neurons", "languages", "out"}),
+             (child("lss", "lss_command", "score"), lapeval.lss_score, set()),
+             (sub["search-factor"], lapeval.search_factor, {"model", "neurons", "languages"}),
+             (child("masks", "masks_command", "import"), lapeval.import_reference, set()),
+             (child("masks", "masks_command", "export"), lapeval.export_reference, set()),
+             (child("models", "models_command", "prepare"), lapeval.prepare, set())]
+    grid = sub["grid"]  # grid --summary-only --output OUT is write_summary(output)
+    assert "output" in inspect.signature(lapeval.write_summary).parameters and any(
+        a.dest == "output" for a in grid._actions) and any(a.dest == "summary_only" for a in grid._actions)
     for parser, fn, positional in pairs:
         params = inspect.signature(fn).parameters
         for action in parser._actions:

@@ -84,18 +84,16 @@ def _plot(args) -> int:
 def _import(args) -> int:
     from ..masks import import_reference
 
-    mask = import_reference(args.file, args.format, args.languages, args.d_ff, args.p_max, args.p_median)
-    if args.model_id:
-        mask.meta["model_id"] = args.model_id
-    mask.save(args.out)
+    mask = import_reference(args.file, args.format, args.languages, args.d_ff, args.p_max, args.p_median,
+                            out=args.out, model_id=args.model_id)
     note = " (d_ff inferred from the largest index; pass --d-ff to record it)" if mask.meta.get("d_ff_inferred") else ""
     print(f"{args.out}: {len(mask.languages)} languages, {mask.n_layers} layers × {mask.d_ff}{note}, {mask.unique_neurons()} neurons")
     return 0
 
 
 def _export(args) -> int:
-    from ..masks import NeuronMask, export_reference
+    from ..masks import export_reference
 
-    for path in export_reference(NeuronMask.load(args.file), args.out, args.format):
+    for path in export_reference(args.file, args.out, args.format):
         print(path)
     return 0

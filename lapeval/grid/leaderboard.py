@@ -26,6 +26,7 @@ import io
 import math
 from pathlib import Path
 
+from ..results import format_number
 from .bootstrap import finite_mean, mean_delta_interval
 
 TIE_DIGITS = 4
@@ -122,13 +123,6 @@ def build(boards: dict[str, dict]) -> dict:
 
 
 # ---- tables ----------------------------------------------------------------------------------------
-def _fmt(x, nd=3, sign=False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:+.3e}" if sign and abs(x) >= 1e6 else (f"{x:.3e}" if abs(x) >= 1e6 else
-                                                       (f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"))
-
-
 def table(lb: dict) -> tuple[list[str], list[list]]:
     """(header, rows) of the ranked table, one row per model: rank, model, best intervention and score,
     then per family its baseline and the best intervention's self / cross Δ (with intervals), and LSS."""
@@ -157,9 +151,9 @@ def table(lb: dict) -> tuple[list[str], list[list]]:
 
 def _cell_text(v, col: str) -> str:
     if isinstance(v, list):
-        return "–" if not v or v[0] is None else f"[{_fmt(v[0], 3, True)}, {_fmt(v[1], 3, True)}]"
+        return "–" if not v or v[0] is None else f"[{format_number(v[0], 3, True)}, {format_number(v[1], 3, True)}]"
     if isinstance(v, float):
-        return _fmt(v, 3, sign="Δ" in col)
+        return format_number(v, 3, sign="Δ" in col)
     return "–" if v is None else str(v)
 
 

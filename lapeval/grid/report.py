@@ -27,7 +27,13 @@ from pathlib import Path
 
 from .._io import write_json, write_text
 from ..results import GRID_SUMMARY_FORMAT as SUMMARY_FORMAT  # noqa: F401
-from ..results import ResultsError, cell_samples, metric_entries, read_grid
+from ..results import (
+    ResultsError,
+    cell_samples,
+    format_number,
+    metric_entries,
+    read_grid,
+)
 from .bootstrap import bootstrap_replicates, finite_mean, interval, mean
 
 # ---- reading a grid directory: lapeval.results ------------------------------------------------
@@ -203,14 +209,6 @@ def summarize(out: Path) -> dict:
 
 
 # ---- writing -------------------------------------------------------------------------------------
-def _f(x, nd=4, sign: bool = False) -> str:
-    """A table number: fixed point, or scientific beyond 1e6 (word perplexity of unsegmented scripts)."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    plus = "+" if sign else ""
-    return f"{x:{plus}.3e}" if abs(x) >= 1e6 else f"{x:{plus}.{nd}f}"
-
-
 def _slug(*parts: str) -> str:
     """A figure's file name from its parts (intervention labels in their file-name form, ``set=p_max``)."""
     from ..intervention.operation import file_name
@@ -218,7 +216,7 @@ def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9=@._~-]+", "_", file_name("_".join(parts))).strip("_")
 
 
-def write_summary(out, log=print) -> dict:
+def write_summary(output, log=print) -> dict:
     """The summary of a grid's output folder — what ``lapeval grid`` writes at the end and ``lapeval grid
     --summary-only`` rebuilds: a multi-model grid's leaderboard (:func:`write_models_summary`) or one model's
     tables (:func:`write_model_summary`), as ``grid.json`` says.
@@ -229,7 +227,7 @@ def write_summary(out, log=print) -> dict:
     """
     from ..results import read_json
 
-    out = Path(out)
+    out = Path(output)
     meta = read_json(out / "grid.json", "grid file", "rerun lapeval grid")
     return write_models_summary(out, log=log) if "models" in meta else write_model_summary(out, log=log)
 
@@ -266,7 +264,7 @@ def write_model_summary(out: Path, log=print) -> dict:
         src, tg = l["sources"], l["targets"]
         vals = [[l["matrix"][a].get(t, math.nan) for a in src] for t in tg]
         name = figs / f"{_slug('lss', op)}.png"
-        heatmap(vals, tg, src, name, f"LSS(source, target), {op}; mean {_f(l['mean_off_diagonal'], 3)}",
+        heatmap(vals, tg, src, name, f"LSS(source, target), {op}; mean {format_number(l['mean_off_diagonal'], 3)}",
                 xlabel="source (prompt) language", ylabel="target (amplified)")
         images.append(name)
     write_text(out / "summary.md", _markdown(s, [p.relative_to(out) for p in images]))
@@ -296,34 +294,34 @@ def _markdown(s: dict, images: list[Path]) -> str:
     L += ["## Baseline", "", "| task | metric | value | stderr |", "|---|---|---:|---:|"]
     for r in s["rows"]:
         if r["cell"] == "baseline":
-            L.append(f"| {r['task']} | {r['metric']},{r['filter']} | {_f(r['value'])} | {_f(r['stderr'])} |")
+            L.append(f"| {r['task']} | {r['metric']},{r['filter']} | {format_number(r['value'])} | {format_number(r['stderr'])} |")
     L.append("")
     for op, l in s["lss"].items():
         src, tg = l["sources"], l["targets"]
         L += [f"## LSS, {op}", "", "rows: target (amplified); columns: source (prompt) language; last column: mean over s ≠ t", "",
               "| target | " + " | ".join(src) + " | mean |", "|---|" + "---:|" * (len(src) + 1)]
         for t in tg:
-            L.append(f"| {t} | " + " | ".join(_f(l["matrix"][a].get(t), 3) if a != t else "·" for a in src)
-                     + f" | {_f(l['per_target'].get(t), 3)} |")
-        L += ["", f"mean LSS over all s ≠ t: **{_f(l['mean_off_diagonal'], 3)}**", ""]
+            L.append(f"| {t} | " + " | ".join(format_number(l["matrix"][a].get(t), 3) if a != t else "·" for a in src)
+                     + f" | {format_number(l['per_target'].get(t), 3)} |")
+        L += ["", f"mean LSS over all s ≠ t: **{format_number(l['mean_off_diagonal'], 3)}**", ""]
     for t in s["tables"]:
         L += [f"## {t['family']} · {t['metric']} ({t['filter']}) · {t['intervention']}", "",
-              f"self-language (diagonal) mean Δ: **{_f(t['self_mean_delta'])}** over {t['n_self']} cells; "
-              f"cross-language mean Δ: **{_f(t['cross_mean_delta'])}** over {t['n_cross']} cells", "",
+              f"self-language (diagonal) mean Δ: **{format_number(t['self_mean_delta'])}** over {t['n_self']} cells; "
+              f"cross-language mean Δ: **{format_number(t['cross_mean_delta'])}** over {t['n_cross']} cells", "",
               "| target | " + " | ".join(t["columns"]) + " |", "|---|" + "---:|" * len(t["columns"]),
-              "| *baseline* | " + " | ".join(_f(v) for v in t["baseline"]) + " |"]
+              "| *baseline* | " + " | ".join(format_number(v) for v in t["baseline"]) + " |"]
         for i, tg in enumerate(t["targets"]):
             cells = []
             for j, col in enumerate(t["columns"]):
                 d, lo, hi = t["delta"][i][j], t["ci_low"][i][j], t["ci_high"][i][j]
-                txt = "–" if d is None else f"{_f(d, 4, sign=True)} [{_f(lo, 3)}, {_f(hi, 3)}]"
+                txt = "–" if d is None else f"{format_number(d, 4, sign=True)} [{format_number(lo, 3)}, {format_number(hi, 3)}]"
                 cells.append(f"**{txt}**" if t["column_languages"][j] == tg and d is not None else txt)
             L.append(f"| {tg} | " + " | ".join(cells) + " |")
         L += ["", "Δ = cell − baseline [paired-bootstrap 95 % interval]; bold = self-language.", ""]
         if "perplexity" in t["metric"]:
             L += [f"{t['metric']} itself:", "", "| target | " + " | ".join(t["columns"]) + " |",
-                  "|---|" + "---:|" * len(t["columns"]), "| *baseline* | " + " | ".join(_f(v, 2) for v in t["baseline"]) + " |"]
-            L += [f"| {tg} | " + " | ".join(_f(v, 2) for v in t["values"][i]) + " |" for i, tg in enumerate(t["targets"])]
+                  "|---|" + "---:|" * len(t["columns"]), "| *baseline* | " + " | ".join(format_number(v, 2) for v in t["baseline"]) + " |"]
+            L += [f"| {tg} | " + " | ".join(format_number(v, 2) for v in t["values"][i]) + " |" for i, tg in enumerate(t["targets"])]
             L.append("")
     if images:
         L += ["## Heatmaps", ""] + [f"![{p.stem}]({p.as_posix()})" for p in images] + [""]

@@ -140,13 +140,11 @@ def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: 
         stats = Stats.load(stats)
     if method == "lape":
         sel = select_lape(stats.over_zero, stats.n_tokens, top_rate, filter_rate, activation_bar_ratio)
-    elif method == "language-activated":
+    else:  # language-activated
         if "act_min" not in stats.act or stats.n_sentences is None or not bool((stats.n_sentences > 0).all()):
             raise UsageError("language-activated selection needs per-text mean activations (act_min) for every "
                              "language in STATS: collect with --n-sentences > 0")
         sel = select_language_activated(stats.act["act_min"])
-    else:
-        raise UsageError(f"unknown selection method {method!r}: use {' or '.join(METHODS)}")
     values = {}
     if "act_max" in stats.act and stats.n_sentences is not None and bool((stats.n_sentences > 0).all()):
         values = {"p_max": stats.act["act_max"], "p_median": stats.act["act_median"]}

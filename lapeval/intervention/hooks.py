@@ -95,7 +95,7 @@ class Intervention:
         """The union of ``languages``' neurons in a :class:`~lapeval.masks.NeuronMask` (``layers``: a subset)."""
         op = mode if isinstance(mode, Operation) else Operation.parse(mode, value)
         chosen = parse_layers(layers, mask.n_layers) if not isinstance(layers, tuple) else layers
-        langs = tuple(dict.fromkeys(_code(mask, l) for l in languages))  # one-line MaskError if unknown
+        langs = tuple(dict.fromkeys(mask.code(l) for l in languages))  # one-line MaskError if unknown
         if not langs:
             raise InterventionError(f"no language given: use codes of this mask ({', '.join(mask.languages)})")
         idx = torch.zeros(mask.n_layers, mask.d_ff, dtype=torch.bool)
@@ -181,11 +181,6 @@ def as_composite(iv) -> Composite | None:
     if iv is None or isinstance(iv, Composite):
         return iv
     return Composite((iv,), "all")
-
-
-def _code(mask, lang: str) -> str:
-    """The mask's own code for ``lang`` (any spelling); MaskError listing the mask's languages if absent."""
-    return mask.code(lang)
 
 
 # ---- applying it -----------------------------------------------------------------------------------

@@ -69,7 +69,6 @@ class Setting:
     terms: tuple[SettingTerm, ...]
     scope: str = "all"
     lang_map: LangMap | None = None  # task name / glob → language, for self / src / tgt
-    spec: Spec | None = None
     _compiled: dict = field(default_factory=dict, repr=False)
     used: set = field(default_factory=set, repr=False)
     unmodified: dict = field(default_factory=dict, repr=False)  # per request: task → {"requests", "reason"}
@@ -398,7 +397,7 @@ def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = Non
             raise LapeConfigError(f"{where}{e}") from None
         terms.append(SettingTerm(t.op, resolved, chosen))
     sha = mask.sha256() if mask.path else "unsaved"
-    setting = Setting(mask, sha, tuple(terms), spec.scope, lmap, spec)
+    setting = Setting(mask, sha, tuple(terms), spec.scope, lmap)
     for t in setting.terms:  # validates values (p_max present ...) now, not mid-run
         if not t.per_request:
             Intervention.from_mask(mask, t.languages, t.op, layers=t.layers)

@@ -320,15 +320,21 @@ def write_layers(result: dict, out) -> list[Path]:
     return [js, png, md]
 
 
-def lss_score(baseline, intervened: dict, *, log=print) -> dict:
+def lss_score(baseline, intervened, *, out=None, log=print) -> dict:
     """The LSS matrix from lm-eval sample logs of the ``lss_*`` tasks — what ``lapeval lss score`` prints:
-    ``baseline`` a run without intervention, ``intervened`` ``{t: run with t's neurons amplified}``; a run is
-    a ``samples_lss_<s>*.jsonl`` file, an lm-eval output folder or a grid cell.
+    ``baseline`` a run without intervention, ``intervened`` ``{t: run with t's neurons amplified}`` (or the
+    CLI's ``["t=RUN", ...]``); a run is a ``samples_lss_<s>*.jsonl`` file, an lm-eval output folder or a grid
+    cell; ``out``: also write the result as JSON there (checked writable before anything is read).
 
     Each run's own record (``config.lape`` in the results JSON beside its samples) is checked: the
     baseline must have no intervention and the run given for t must have intervened on t alone; a run
     without a record is used with a one-line warning. Logs without any ``lss_*`` sample are refused.
-    Returns ``{"matrix", "per_target", "mean_off_diagonal", ...}``."""
+    Returns ``{"matrix", "per_target", "mean_off_diagonal", ...}``.
+
+    Example::
+
+        lapeval.lss_score("out/base", {"fr": "out/intv_fr", "zh": "out/intv_zh"})["mean_off_diagonal"]
+    """
     import warnings
 
     from .. import __version__
@@ -360,6 +366,18 @@ def lss_score(baseline, intervened: dict, *, log=print) -> dict:
             raise UsageError(f"--intervened {lang}={path} amplified {got}, not {lang}: pair each run with the "
                              f"language it amplified ({got}={path})")
 
+    if out:
+        from .._io import check_writable
+
+        check_writable(out, "--out")
+    if not isinstance(intervened, dict):
+        pairs = {}
+        for spec in [intervened] if isinstance(intervened, str) else intervened:
+            lang, eq, path = str(spec).partition("=")
+            if not eq or not lang or not path:
+                raise UsageError(f"--intervened {spec!r}: write LANG=RUN, e.g. fr=out/intv_fr")
+            pairs[lang] = path
+        intervened = pairs
     runs = {}
     for lang, path in intervened.items():
         code = normalize(lang)
@@ -370,6 +388,11 @@ def lss_score(baseline, intervened: dict, *, log=print) -> dict:
     if not any(matrix.values()):
         raise ResultsError("no (source, target) pair off the diagonal in these logs: the intervened runs need "
                            "lss_<s> samples of other sources than their own language")
-    return {"matrix": matrix, **lss.summarize(matrix), "source": "sample logs", "baseline": str(baseline),
-            "intervened": {k: str(v) for k, v in intervened.items()}, "lapeval_version": __version__}
+    result = {"matrix": matrix, **lss.summarize(matrix), "source": "sample logs", "baseline": str(baseline),
+              "intervened": {k: str(v) for k, v in intervened.items()}, "lapeval_version": __version__}
+    if out:
+        from .._io import write_json
+
+        write_json(out, result)
+    return result
 
