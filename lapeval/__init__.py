@@ -8,7 +8,7 @@ The public API, one name per CLI command (every name is imported on first use, s
 
 =====================  =====================================================================================
 identification         :func:`identify`, :func:`collect`, :func:`select`, :class:`NeuronMask`,
-                       :func:`import_reference`, :func:`export_reference`
+                       :func:`import_reference`, :func:`export_reference`, :func:`control_mask`
 interventions          :class:`Operation`, :func:`parse_ops` (→ :class:`Spec`), :func:`parse_spec`,
                        :class:`Setting`, :class:`Intervention`, :class:`Composite`, :func:`intervene`
 in lm-eval             :class:`LapeLM` (the ``lape`` model), :func:`tasks_path`
@@ -31,6 +31,7 @@ _API = {
     "select": "lapeval.identification.pipeline",
     "NeuronMask": "lapeval.masks",
     "import_reference": "lapeval.masks",
+    "control_mask": "lapeval.identification.controls",
     "export_reference": "lapeval.masks",
     # interventions
     "Operation": "lapeval.intervention.operation",

@@ -46,7 +46,7 @@ class CorruptMaskError(MaskError):
 MAX_LAYERS = 4096
 MAX_NEURONS = 1 << 26  # n_layers × d_ff
 _META_TYPES = {"site": dict, "selection": dict, "collect": dict, "n_tokens": dict, "n_sentences": dict,
-               "d_ff_inferred": bool}
+               "d_ff_inferred": bool, "control": dict}
 
 
 def _check_shape(n_layers: int, d_ff: int, where: str, fix: str = "re-create the mask with lapeval identify or select") -> None:

@@ -36,6 +36,7 @@ def register(sub) -> None:
     mx.add_argument("--mode", default="set", help="intervention mode (default set)")
     mx.add_argument("--value", default="p_max", help="intervention value (default p_max)")
     mx.add_argument("--out", help="write the matrix, its means and the settings as JSON here")
+    add_control_args(mx)
     mx.set_defaults(handler=_matrix)
 
     ly = ls.add_parser("layers", help="per-layer LSS: each layer's neurons of the target alone (paper 2's layer analysis)")
@@ -43,6 +44,7 @@ def register(sub) -> None:
     ly.add_argument("--mode", default="set", help="intervention mode (default set)")
     ly.add_argument("--value", default="p_max", help="intervention value (default p_max)")
     ly.add_argument("--out", help="write the table as JSON here (.json), with a heatmap (.png) and markdown (.md) beside it")
+    add_control_args(ly)
     ly.set_defaults(handler=_layers)
 
     tk = ls.add_parser("tasks", help="write lss_<s> task YAMLs for every language of a facts folder (for lm_eval --include_path)")
@@ -71,6 +73,15 @@ def add_run_args(p, layers: bool = True) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def add_control_args(p) -> None:
+    """``--controls K`` / ``--control-stats STATS``: random-neuron controls beside every LSS (method.md §11)."""
+    p.add_argument("--controls", type=int, default=0, help="also score K random-neuron controls of the mask (seeds "
+                   "0..K-1: per language and layer as many neurons, drawn among neurons no language holds, with the "
+                   "same values) against the same baseline; LSS is a sign test, so disruption alone scores ~0.5")
+    p.add_argument("--control-stats", default=None, help="the mask's STATS file: draw each control neuron within "
+                   "the real neuron's activation-frequency bin")
+
+
 def _facts_dir(args) -> int:
     from ..paths import FACTS_DIR
 
@@ -80,9 +91,12 @@ def _facts_dir(args) -> int:
 
 def _report(result: dict, out: str | None) -> None:
     from .._io import write_json
+    from ..lss.effects import format_effects
     from ..metrics.lss import format_matrix
 
     print(format_matrix(result["matrix"], {"per_target": result["per_target"], "mean_off_diagonal": result["mean_off_diagonal"]}))
+    if "effects" in result:
+        print(format_effects(result["effects"]))
     if out:
         write_json(out, result)
         print(f"wrote {out}", file=sys.stderr)
@@ -100,7 +114,8 @@ def _score(args) -> int:
 def _run_kwargs(args) -> dict:
     """The keywords ``lss matrix`` and ``lss layers`` pass on unchanged (the API's names are the flags')."""
     return dict(mode=args.mode, value=args.value, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype,
-                device=args.device, log=lambda m: print(m, file=sys.stderr))
+                device=args.device, controls=args.controls, control_stats=args.control_stats,
+                log=lambda m: print(m, file=sys.stderr))
 
 
 def _matrix(args) -> int:

@@ -31,6 +31,16 @@ def register(sub) -> None:
     imp.add_argument("--p-median", default=None, help="lang-task-neuron median.pt [n_langs, n_layers, d_ff]")
     imp.set_defaults(handler=_import)
 
+    ctl = ms.add_parser("control", help="a random-neuron control: per language and layer the same number of neurons, "
+                        "drawn among neurons no language holds, carrying the language's values")
+    ctl.add_argument("file", metavar="MASK")
+    ctl.add_argument("--out", required=True, help="control mask to write (.safetensors)")
+    ctl.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same file")
+    ctl.add_argument("--stats", default=None, help="the STATS file of the mask's model: draw within the same "
+                     "activation-frequency bin as each real neuron (recommended: else controls are mostly rare neurons)")
+    ctl.add_argument("--bins", type=int, default=10, help="per-layer frequency bins with --stats (default 10)")
+    ctl.set_defaults(handler=_control)
+
     exp = ms.add_parser("export", help="write the reference layout: a list per language of per-layer index tensors")
     exp.add_argument("file")
     exp.add_argument("--format", default="rucaibox", choices=["rucaibox", "lang-task-neuron"])
@@ -58,6 +68,10 @@ def _show(args) -> int:
     lines.append(f"  selection  {', '.join(f'{k}={v}' for k, v in sel.items())}")
     if "corpus" in meta:
         lines.append(f"  corpus     {meta['corpus']}")
+    if isinstance(meta.get("control"), dict):
+        ctl = meta["control"]
+        lines.append(f"  control    of {str(ctl.get('of_sha256') or '?')[:16]} ({ctl.get('of')}), seed {ctl.get('seed')}; "
+                     f"{ctl.get('matching')}")
     lines.append(f"  neurons    {s['unique_neurons']} unique; values: {', '.join(s['values']) or 'none'}")
     shown = {lang: printable(lang) for lang in mask.languages}
     width = max(len(l) for l in shown.values())
@@ -69,6 +83,17 @@ def _show(args) -> int:
         lines.append(f"  {shown[lang]:<{width}}  {pl['total']:>5}  {tokens!s:>7}  {' '.join(f'{c:>3}' for c in pl['per_layer'])}")
     for line in lines:
         print(printable(line))
+    return 0
+
+
+def _control(args) -> int:
+    from .._io import check_writable
+    from ..identification.controls import control_mask
+
+    check_writable(args.out, "--out")
+    ctrl = control_mask(args.file, args.out, seed=args.seed, stats=args.stats, bins=args.bins)
+    c = ctrl.meta["control"]
+    print(f"{args.out}: control of {args.file} (seed {c['seed']}; {c['matching']}), {ctrl.unique_neurons()} neurons")
     return 0
 
 

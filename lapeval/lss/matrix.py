@@ -21,7 +21,6 @@ from typing import Sequence
 from ..errors import UsageError
 from ..instances import loglikelihoods
 from .tasks import (
-    _rows_for,
     check_facts_reachable,
     check_sources,
     facts_env,
@@ -89,6 +88,7 @@ def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", 
         raise ValueError(f"the given baseline lacks the pairs {missing[:3]} (computed for other sources or targets?)")
 
     matrix: dict[str, dict[str, float]] = {s: {} for s in facts}
+    margins: dict = {}  # {s: {t: {"ids": fact ids, "before": Δ⁰, "after": Δ¹}}}: what effects.py bootstraps
     n_items = {s: len(rows) for s, rows in facts.items()}
     for t in targets:
         t0 = time.time()
@@ -104,9 +104,12 @@ def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", 
             if set(pairs) != set(base):
                 raise ValueError(f"the given baseline of ({s}, {t}) scored other requests (other facts or limit?)")
             new = loglikelihoods(lm, pairs, f"lss_{s}") if touches_neurons(lm) else base
-            before, after = [], []
-            for p, delim, d in _rows_for(rows, t):
+            ids, before, after = [], [], []
+            for i, d, p, delim in rows:
+                if d.get(f"obj_{t}") in (None, ""):
+                    continue
                 a, b = (p, delim + d[f"obj_{t}"]), (p, delim + d[f"obj_{s}"])
+                ids.append(i)
                 if a == b:  # the same string: margin 0 before and after
                     before.append(0.0)
                     after.append(0.0)
@@ -114,9 +117,11 @@ def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", 
                 before.append(base[a] - base[b])
                 after.append(new[a] - new[b])
             matrix[s][t] = lss.lss(before, after)
+            margins.setdefault(s, {})[t] = {"ids": ids, "before": before, "after": after}
         log(f"target {t}: {time.time() - t0:.0f}s")
     lm.clear_intervention()
-    return {"matrix": matrix, **lss.summarize(matrix), "n_items": n_items, "sources": list(facts), "targets": targets}
+    return {"matrix": matrix, **lss.summarize(matrix), "n_items": n_items, "sources": list(facts), "targets": targets,
+            "margins": margins}
 
 
 @contextmanager
@@ -198,7 +203,7 @@ def _provenance(name: str, mask, mode, value, layers, facts: str, limit, started
 
 def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode: str = "set", value="p_max",
                layers=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
-               device: str = "cpu", log=print) -> dict:
+               device: str = "cpu", controls: int = 0, control_stats=None, log=print) -> dict:
     """The LSS matrix of ``neurons`` (a mask path or :class:`~lapeval.masks.NeuronMask`) — what
     ``lapeval lss matrix`` prints and writes.
 
@@ -206,13 +211,18 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     loaded :class:`~lapeval.lm.LapeLM` (its own setting is restored afterwards); ``sources``: languages of
     the ``lss_<s>`` prompts; ``targets``: amplified languages (default ``sources``); ``facts``: ``builtin``
     (lapeval's own facts), a folder in the MLAMA-dod-185 layout, or None (``$LAPEVAL_MLAMA_DIR``, else the
-    hub); ``mode`` / ``value`` / ``layers``: the operation on t's neurons; ``limit``: first N facts per source.
+    hub); ``mode`` / ``value`` / ``layers``: the operation on t's neurons; ``limit``: first N facts per source;
+    ``controls``: K random-neuron controls of the mask (seeds 0 … K−1, :func:`lapeval.control_mask`; matched on
+    activation frequency with ``control_stats``, the mask's STATS file), each scored with the same operation on
+    the same facts against the same paired baseline.
 
     LSS(s, t) = share of facts whose margin log P(obj_t | prompt_s) − log P(obj_s | prompt_s) grows
     strictly under the intervention, against the paired baseline (:func:`paired_baseline`): an
-    intervention that changes no activation gives exactly 0. Returns ``{"matrix": {s: {t: LSS}},
-    "per_target": {t: mean over s ≠ t}, "mean_off_diagonal", "n_items", "sources", "targets",
-    ...provenance}``.
+    intervention that changes no activation gives exactly 0, and any disruption about 0.5 — hence the controls.
+    Returns ``{"matrix": {s: {t: LSS}}, "per_target": {t: mean over s ≠ t}, "mean_off_diagonal", "n_items",
+    "sources", "targets", "effects" (:func:`lapeval.lss.effects.effects`: margin shift in nats and, with
+    controls, control mean, real − control with its bootstrap interval, rank, chance-corrected LSS), "controls"
+    (each control's seed, matrix, per_target, mean_off_diagonal), ...provenance}``.
 
     Example::
 
@@ -220,18 +230,45 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
                                  facts="builtin", limit=20)
         res["mean_off_diagonal"], res["matrix"]["en"]["fr"]
     """
+    from .effects import effects
+
     started = time.time()
     srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, layers, limit, facts)
+    ctrl_masks = control_masks(mask, controls, control_stats)  # drawn before the model loads
     with loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, srcs, tgts, limit) as (lm, name, where, tasks):
+        base = paired_baseline(lm, tasks, tgts, limit=limit, log=log)
         result = compute_matrix(lm, tasks, tgts, neurons=mask, mode=mode, value=value, layers=layers,
-                                limit=limit, log=log)
+                                limit=limit, log=log, baseline=base)
+        ctrl = [compute_matrix(lm, tasks, tgts, neurons=c, mode=mode, value=value, layers=layers, limit=limit,
+                               log=lambda m: None, baseline=base) for c in ctrl_masks]
+    margins = result.pop("margins")
+    result["effects"] = effects(margins, result["n_items"], [c.pop("margins") for c in ctrl] or None)
+    if ctrl_masks:
+        result["controls"] = [{"seed": c.meta["control"]["seed"], "matching": c.meta["control"]["matching"],
+                               "matrix": r["matrix"], "per_target": r["per_target"],
+                               "mean_off_diagonal": r["mean_off_diagonal"]} for c, r in zip(ctrl_masks, ctrl)]
     result.update(_provenance(name, mask, mode, value, layers, where, limit, started))
     return result
 
 
+def control_masks(mask, controls: int, control_stats=None) -> list:
+    """K random-neuron controls of ``mask`` (seeds 0 … K−1), checked and drawn before any model loads."""
+    if isinstance(controls, bool) or not isinstance(controls, int) or controls < 0:
+        raise UsageError(f"--controls {controls!r}: give a number of control masks (0 for none; 3 or more to rank)")
+    if not controls:
+        if control_stats is not None:
+            raise UsageError("--control-stats given without --controls K")
+        return []
+    from ..identification.controls import control_mask
+    from ..identification.stats import Stats
+
+    stats = control_stats if control_stats is None or isinstance(control_stats, Stats) else Stats.load(control_stats)
+    return [control_mask(mask, seed=k, stats=stats) for k in range(controls)]
+
+
 def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode: str = "set", value="p_max",
                limit: int | None = None, batch_size: int = 8, dtype: str = "float32", device: str = "cpu",
-               out=None, log=print) -> dict:
+               out=None, controls: int = 0, control_stats=None, log=print) -> dict:
     """Per-layer LSS (paper 2's layer analysis) — what ``lapeval lss layers`` runs: for every layer k,
     the LSS matrix with only layer k's neurons of the target intervened, against one paired baseline.
 
@@ -248,6 +285,8 @@ def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
                                  facts="builtin", limit=20, out="docs/lss-layers/gemma-3-270m.json")
         res["table"][17]["fr"]
     """
+    from .effects import effects
+
     started = time.time()
     srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, None, limit, facts)
     if out is not None:
@@ -258,21 +297,31 @@ def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
         for path in (Path(out), Path(out).with_suffix(".png"), Path(out).with_suffix(".md")):
             check_writable(path, "--out")
     n_neurons = {k: {t: int(mask.per_layer(t)[k].numel()) for t in tgts} for k in range(mask.n_layers)}
+    ctrl_masks = control_masks(mask, controls, control_stats)  # the same counts per layer and target
     with loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, srcs, tgts, limit) as (lm, name, where, tasks):
         base = paired_baseline(lm, tasks, tgts, limit=limit, log=log)
-        matrices, table, overall = {}, {}, {}
+        matrices, table, overall, control_table, layer_effects = {}, {}, {}, {}, {}
         for k in range(mask.n_layers):
             t0 = time.time()
             res = compute_matrix(lm, tasks, tgts, neurons=mask, mode=mode, value=value, layers=str(k), limit=limit,
                                  log=lambda m: None, baseline=base)
+            ctrl = [compute_matrix(lm, tasks, tgts, neurons=c, mode=mode, value=value, layers=str(k), limit=limit,
+                                   log=lambda m: None, baseline=base) for c in ctrl_masks]
             matrices[k], overall[k] = res["matrix"], res["mean_off_diagonal"]
             table[k] = {t: res["per_target"].get(t, float("nan")) for t in tgts}
             n_items = res["n_items"]
-            log(f"layer {k}: mean LSS {overall[k]:.3f} ({sum(n_neurons[k].values())} neurons, {time.time() - t0:.0f}s)")
+            eff = effects(res.pop("margins"), n_items, [c.pop("margins") for c in ctrl] or None)
+            layer_effects[k] = {"per_target": eff["per_target"], "overall": eff["overall"]}
+            if ctrl:
+                control_table[k] = {t: eff["per_target"].get(t, {}).get("control_mean", float("nan")) for t in tgts}
+            log(f"layer {k}: mean LSS {overall[k]:.3f} ({sum(n_neurons[k].values())} neurons, {time.time() - t0:.0f}s)"
+                + (f"; controls {eff['overall'].get('control_mean', float('nan')):.3f}" if ctrl else ""))
     prov = _provenance(name, mask, mode, value, None, where, limit, started)
     del prov["layers"]  # here: the list of layers, each intervened alone
     result = {"layers": list(range(mask.n_layers)), "sources": srcs, "targets": tgts, "table": table,
-              "n_neurons": n_neurons, "overall": overall, "matrices": matrices,
+              "n_neurons": n_neurons, "overall": overall, "matrices": matrices, "effects": layer_effects,
+              **({"controls": {"k": controls, "seeds": list(range(controls)), "table": control_table,
+                               "matching": ctrl_masks[0].meta["control"]["matching"]}} if ctrl_masks else {}),
               "n_items": n_items,
               "statistic": "table[layer][t]: mean over sources s != t of LSS(s, t) with only that layer's neurons",
               **prov}
@@ -282,12 +331,21 @@ def lss_layers(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
 
 
 def format_layers(result: dict) -> str:
-    """Plain text: rows = layers, columns = targets, each cell ``LSS (neurons)``."""
-    tg = result["targets"]
-    lines = ["layer " + " ".join(f"{t:>11}" for t in tg) + "   all"]
+    """Plain text: rows = layers, columns = targets, each cell ``LSS (neurons)``, with controls
+    ``LSS/control (neurons)``."""
+    tg, ctrl = result["targets"], (result.get("controls") or {}).get("table")
+    w = 17 if ctrl else 11
+
+    def cell(k, t) -> str:
+        c = f"/{ctrl[k][t]:5.3f}" if ctrl else ""
+        return f"{result['table'][k][t]:5.3f}{c} ({result['n_neurons'][k][t]:>3})"
+
+    lines = ["layer " + " ".join(f"{t:>{w}}" for t in tg) + ("   all/control" if ctrl else "   all")]
     for k in result["layers"]:
-        cells = [f"{result['table'][k][t]:5.3f} ({result['n_neurons'][k][t]:>3})" for t in tg]
-        lines.append(f"{k:>5} " + " ".join(f"{c:>11}" for c in cells) + f" {result['overall'][k]:5.3f}")
+        tail = f" {result['overall'][k]:5.3f}"
+        if ctrl:
+            tail += f"/{result['effects'][k]['overall'].get('control_mean', float('nan')):5.3f}"
+        lines.append(f"{k:>5} " + " ".join(f"{cell(k, t):>{w}}" for t in tg) + tail)
     return "\n".join(lines)
 
 
@@ -306,15 +364,22 @@ def write_layers(result: dict, out) -> list[Path]:
     heatmap(values, [str(k) for k in layers], tg, png,
             f"LSS with one layer's neurons ({result['mode']}:{result['value']}); mean over s ≠ t",
             fmt="{:.2f}", xlabel="amplified target language t", ylabel="layer", cmap="viridis")
+    ctrl = (result.get("controls") or {}).get("table")
+    num = lambda x: "–" if x is None or math.isnan(x) else f"{x:.3f}"  # noqa: E731
     rows = ["| layer | " + " | ".join(tg) + " | all |", "|---:|" + "---:|" * (len(tg) + 1)]
     for k in layers:
-        cells = [("–" if math.isnan(result["table"][k][t]) else f"{result['table'][k][t]:.3f}")
-                 + f" ({result['n_neurons'][k][t]})" for t in tg]
-        rows.append(f"| {k} | " + " | ".join(cells) + f" | {result['overall'][k]:.3f} |")
+        cells = [num(result["table"][k][t]) + f" ({result['n_neurons'][k][t]}" + (
+            f"; control {num(ctrl[k][t])})" if ctrl else ")") for t in tg]
+        all_ = num(result["overall"][k]) + (
+            f" (control {num(result['effects'][k]['overall'].get('control_mean'))})" if ctrl else "")
+        rows.append(f"| {k} | " + " | ".join(cells) + f" | {all_} |")
     head = (f"# Per-layer LSS: {result['model']}, mask {Path(str(result['neurons'])).name}\n\n"
             f"Each cell: mean over sources s ≠ t of LSS(s, t) when only that layer's neurons of t get "
             f"{result['mode']}:{result['value']} (in brackets: how many neurons of t the layer holds; a layer "
-            f"without any is 0 by construction). Facts per source: "
+            f"without any is 0 by construction"
+            + (f"; control: the mean LSS of {result['controls']['k']} random-neuron controls with the same counts per "
+               f"layer ({result['controls']['matching']}), against which LSS ≈ 0.5 means disruption, not language"
+               if ctrl else "") + "). Facts per source: "
             + ", ".join(f"{s} {n}" for s, n in result["n_items"].items()) + f"; {result['seconds']:.0f} s.\n\n")
     write_text(md, head + "\n".join(rows) + "\n")
     return [js, png, md]
