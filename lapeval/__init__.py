@@ -8,7 +8,8 @@ The public API, one name per CLI command (every name is imported on first use, s
 
 =====================  =====================================================================================
 identification         :func:`identify`, :func:`collect`, :func:`select`, :class:`NeuronMask`,
-                       :func:`import_reference`, :func:`export_reference`, :func:`control_mask`
+                       :func:`import_reference`, :func:`export_reference`, :func:`control_mask`,
+                       :func:`diffmean_vectors` (→ :class:`ResidualVectors`)
 interventions          :class:`Operation`, :func:`parse_ops` (→ :class:`Spec`), :func:`parse_spec`,
                        :class:`Setting`, :class:`Intervention`, :class:`Composite`, :func:`intervene`
 in lm-eval             :class:`LapeLM` (the ``lape`` model), :func:`tasks_path`
@@ -32,6 +33,8 @@ _API = {
     "NeuronMask": "lapeval.masks",
     "import_reference": "lapeval.masks",
     "control_mask": "lapeval.identification.controls",
+    "diffmean_vectors": "lapeval.identification.vectors",
+    "ResidualVectors": "lapeval.vectors",
     "export_reference": "lapeval.masks",
     # interventions
     "Operation": "lapeval.intervention.operation",

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "lapeval.commands.grid",
     "lapeval.commands.demo",
     "lapeval.commands.check",
+    "lapeval.commands.vectors",
 )
 
 

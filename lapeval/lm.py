@@ -4,7 +4,11 @@
 
 * ``pretrained``: a known lapeval model name (``gemma-3-270m``), a local folder or a hub id; every other
   ``hf`` argument works unchanged (``dtype``, ``parallelize``, ``batch_size`` ...).
-* ``neurons``: a lapeval mask file; without it ``lape`` *is* ``hf`` (same code path, no hooks).
+* ``neurons``: a lapeval mask file; without it (and without ``vectors``) ``lape`` *is* ``hf`` (same code path,
+  no hooks).
+* ``vectors``: a residual-vectors file (``lapeval vectors``, DiffMean): ``mode=add,value=α`` adds α · v_lang to the
+  decoder layers' outputs (``layers=`` a subset), with the same ``lang``/``scope``/``ops`` as neurons; with both
+  files, ``ops=`` terms written ``vec:add:α@LANG`` act on the vectors.
 * ``lang``: one code, several joined by ``+`` (``en+zh``), ``all`` (every language of the mask), or ``self``:
   each request gets the neurons of its own task's language (:func:`lapeval.languages.task_language` of
   ``Instance.task_name`` and of that task's ``metadata.lapeval_language``), requests being grouped per
@@ -66,7 +70,7 @@ from .intervention.setting import (  # noqa: F401 (re-exported)
     route,
 )
 from .languages import LangMap
-from .sites import find_sites
+from .sites import find_sites, hidden_size_of
 
 
 @register_model("lape")
@@ -88,8 +92,9 @@ class LapeLM(HFLM):
 
     def __init__(self, pretrained, neurons=None, lang=None, mode=None, value=None, layers=None,
                  lang_map=None, site: str | None = None, device: str | None = None, ops=None, scope=None,
-                 **kwargs) -> None:
-        setting = build_setting(neurons, lang, mode, value, layers, lang_map=lang_map, ops=ops, scope=scope)  # fail fast
+                 vectors=None, **kwargs) -> None:
+        setting = build_setting(neurons, lang, mode, value, layers, lang_map=lang_map, ops=ops, scope=scope,
+                                vectors=vectors)  # fail fast
         self.lang_map: LangMap | None = LangMap.parse(lang_map)  # the default of set_intervention
         self._lape_name = pretrained if isinstance(pretrained, str) else None
         if isinstance(pretrained, str):
@@ -99,8 +104,11 @@ class LapeLM(HFLM):
         models.check_device(device, "device=")  # HFLM would fail later with an assertion deep in torch
         super().__init__(pretrained=pretrained, device=device, **kwargs)
         self.sites = find_sites(self.model, site=site)  # site=: a module path with {layer}, else structural
-        if setting is not None:  # the mask against the loaded model: built once, checked now
-            setting.mask.check_model(len(self.sites), self.sites[0].d_ff)
+        if setting is not None:  # the mask and vectors against the loaded model: built once, checked now
+            if setting.mask is not None:
+                setting.mask.check_model(len(self.sites), self.sites[0].d_ff)
+            if setting.vectors is not None:
+                setting.vectors.check_model(len(self.sites), hidden_size_of(self.model))
         self._lape: Setting | None = setting
         self._lape_db = None
         self._lape_session = None
@@ -108,12 +116,13 @@ class LapeLM(HFLM):
 
     # ---- the Python API ---------------------------------------------------------------------------
     def set_intervention(self, neurons=None, lang=None, mode=None, value=None, layers=None, lang_map=None,
-                         ops=None, scope=None) -> None:
+                         ops=None, scope=None, vectors=None) -> None:
         """Switch the intervention (no reload). ``neurons=None`` clears it. ``lang_map``: for ``self`` /
         ``src`` / ``tgt`` (default: the model's own, :attr:`lang_map`); ``ops`` / ``scope``: as the model
         arguments."""
         self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), self.sites[0].d_ff,
-                                   lang_map=self.lang_map if lang_map is None else lang_map, ops=ops, scope=scope)
+                                   lang_map=self.lang_map if lang_map is None else lang_map, ops=ops, scope=scope,
+                                   vectors=vectors, hidden=hidden_size_of(self.model))
 
     def clear_intervention(self) -> None:
         self._lape = None
@@ -250,7 +259,8 @@ class LapeLM(HFLM):
         from lm_eval.api.model import TemplateLM
 
         built = [build_setting(s.get("neurons"), s.get("lang"), s.get("mode"), s.get("value"), s.get("layers"),
-                               len(self.sites), self.sites[0].d_ff, ops=s.get("ops"), scope=s.get("scope"))
+                               len(self.sites), self.sites[0].d_ff, ops=s.get("ops"), scope=s.get("scope"),
+                               vectors=s.get("vectors"), hidden=hidden_size_of(self.model))
                  for s in settings]
         if any(b is None or b.per_request for b in built):
             raise LapeConfigError("prefill needs settings with neurons= and explicit languages (not self/src/tgt)")

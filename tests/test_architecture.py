@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 BEFORE = ROOT / "tests" / "data" / "grid-before"  # made at commit 34ce007 by its make.py
@@ -102,8 +101,8 @@ def test_a_grid_reads_and_hashes_its_mask_once(tmp_path, monkeypatch, tiny_model
     """Baseline + 2 cells on the tiny model, one process: the mask file is opened by safetensors once and
     sha256-hashed once (the loaded NeuronMask travels from the configuration to every cell's setting)."""
     import safetensors
-
     from conftest import random_mask
+
     from lapeval import _io, masks
     from lapeval.grid.config import GridConfig
     from lapeval.grid.run import run_grid

@@ -10,7 +10,6 @@ import warnings
 from importlib.metadata import entry_points
 
 import pytest
-
 from conftest import random_mask
 
 pytest.importorskip("lm_eval")

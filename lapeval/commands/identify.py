@@ -26,6 +26,9 @@ def _collect_args(p) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--site", default=None, help="the neuron site as a module path with {layer}, e.g. "
                    "model.layers.{layer}.mlp.act_fn (default: found from the module structure)")
+    p.add_argument("--lid-filter", type=float, default=None, metavar="P",
+                   help="drop texts that fastText identifies as another language with probability >= P (off by "
+                   "default, as the reference; 0.5 recommended for web text); counts printed and kept in the STATS")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -63,7 +66,7 @@ def register(sub) -> None:
 def _collect_kwargs(args) -> dict:
     return dict(max_tokens=args.max_tokens, n_sentences=args.n_sentences, max_length=args.max_length,
                 batch_tokens=args.batch_tokens, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                site=args.site, progress=not args.no_progress)
+                site=args.site, lid_filter=args.lid_filter, progress=not args.no_progress)
 
 
 def _select_kwargs(args) -> dict:

@@ -32,7 +32,7 @@ def register(sub) -> None:
     sc.set_defaults(handler=_score)
 
     mx = ls.add_parser("matrix", help="the whole LSS matrix in one process with the lape model")
-    add_run_args(mx)
+    add_run_args(mx, vectors=True)
     mx.add_argument("--mode", default="set", help="intervention mode (default set)")
     mx.add_argument("--value", default="p_max", help="intervention value (default p_max)")
     mx.add_argument("--out", help="write the matrix, its means and the settings as JSON here")
@@ -56,11 +56,14 @@ def register(sub) -> None:
     fd.set_defaults(handler=_facts_dir)
 
 
-def add_run_args(p, layers: bool = True) -> None:
-    """The options of an in-process LSS run (``lss matrix``, ``lss layers``, ``search-factor``): model, mask,
-    languages, facts, sizes."""
+def add_run_args(p, layers: bool = True, vectors: bool = False) -> None:
+    """The options of an in-process LSS run (``lss matrix``, ``lss layers``, ``search-factor``): model, mask
+    (or, with ``vectors``, residual vectors instead), languages, facts, sizes."""
     p.add_argument("--model", required=True, help="a known model name (gemma-3-270m), a local folder or a hub id")
-    p.add_argument("--neurons", required=True, help="the neuron mask (.safetensors)")
+    p.add_argument("--neurons", required=not vectors, help="the neuron mask (.safetensors)")
+    if vectors:
+        p.add_argument("--vectors", help="residual DiffMean vectors (lapeval vectors): steer with --mode add --value α "
+                       "(alone, or beside --neurons for vec: terms)")
     p.add_argument("--languages", required=True, help="source languages, comma-separated (lss_<s> tasks)")
     p.add_argument("--targets", help="amplified target languages (default: --languages)")
     if layers:
@@ -126,7 +129,7 @@ def _matrix(args) -> int:
         check_writable(args.out, "--out")
 
     result = lss_matrix(args.model, args.neurons, args.languages, args.targets, args.facts, layers=args.layers,
-                        **_run_kwargs(args))
+                        vectors=args.vectors, **_run_kwargs(args))
     _report(result, args.out)
     return 0
 

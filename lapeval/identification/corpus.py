@@ -19,6 +19,7 @@ Every text is yielded as it is read: nothing holds a whole corpus in memory.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +222,26 @@ def _read_hub(src: Source, lang: str) -> Iterator[str]:
                           "offline, use a local source (flores:/ntrex:/tico:/files:)") from None
     for row in ds:
         yield row[field]
+
+
+def lid_filtered(texts, lang: str, threshold: float, counts: dict | None = None):
+    """The texts of ``lang`` without those that fastText identifies as another language with probability ≥
+    ``threshold`` (calibration text in the wrong language, e.g. English inside a Wikipedia dump). ``counts``
+    gets ``{lang: {"read": n, "dropped": k}}`` as the texts stream by; a language losing most of its texts is
+    warned about once (is it among the LID model's languages?)."""
+    from ..metrics.lid import identify
+
+    code = lang  # a lapeval code (parse_list), as identify() returns them
+    c = (counts if counts is not None else {}).setdefault(code, {"read": 0, "dropped": 0})
+    warned = False
+    for text in texts:
+        c["read"] += 1
+        got, prob = identify(text)
+        if got is not None and got != code and prob >= threshold:
+            c["dropped"] += 1
+            if not warned and c["read"] >= 20 and c["dropped"] > 0.8 * c["read"]:
+                warnings.warn(f"--lid-filter drops most {lang} texts ({c['dropped']} of {c['read']}): is {lang} among "
+                              "the language-ID model's languages?", LapevalWarning)
+                warned = True
+            continue
+        yield text

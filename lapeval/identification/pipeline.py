@@ -68,7 +68,8 @@ def _check_mask_out(out) -> None:
 
 def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_000, n_sentences: int = 100,
             max_length: int = 512, batch_tokens: int = 8192, batch_size: int = 64, dtype: str = "float32",
-            device: str | None = None, site: str | None = None, progress: bool = True, log=print):
+            device: str | None = None, site: str | None = None, lid_filter: float | None = None,
+            progress: bool = True, log=print):
     """Activation statistics of ``model`` on ``corpus`` for each of ``languages``, written to ``out`` (a STATS
     safetensors file; a killed run resumes from ``<out>.parts/``). Returns the :class:`~lapeval.identification.stats.Stats`.
 
@@ -77,6 +78,9 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     ``ntrex:DIR+tico:DIR`` or :func:`lapeval.paths.bundled_corpus`). ``max_tokens`` is exact per
     language; only the decoder stack runs. ``site``: the neuron site as a module path with ``{layer}``
     (``model.layers.{layer}.mlp.act_fn``) for architectures the structural finder does not know.
+    ``lid_filter``: drop every text that fastText (:mod:`lapeval.metrics.lid`) identifies as another language
+    with probability ≥ ``lid_filter`` (off by default, as the reference; recommended for web text, e.g. 0.5);
+    the texts dropped and read per language are printed and recorded in the statistics' metadata.
 
     Example::
 
@@ -97,6 +101,9 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     corpora.check_readable(sources, langs)
     _check_sizes(max_tokens=max_tokens, n_sentences=n_sentences, max_length=max_length,
                  batch_tokens=batch_tokens, batch_size=batch_size)
+    if lid_filter is not None and (isinstance(lid_filter, bool) or not isinstance(lid_filter, (int, float))
+                                   or not 0 < lid_filter <= 1):
+        raise UsageError(f"--lid-filter {lid_filter!r}: give a probability in (0, 1], e.g. 0.5")
     check_device(device)
     check_dtype(dtype)
     check_writable(out, "--out")
@@ -106,8 +113,26 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     sites = find_sites(net, site=site)
     cfg = CollectConfig(max_tokens, n_sentences, max_length, batch_tokens, batch_size)
     meta = stats_meta(model, net, langs, corpus, dtype, sites=sites, site=site)
-    return collect_stats(net, tok, langs, lambda lang: corpora.texts(sources, lang), Path(out), cfg, meta,
-                         progress=progress, log=log, sites=sites, corpus_state=lambda lang: corpora.state(sources, lang))
+    texts_of = lambda lang: corpora.texts(sources, lang)  # noqa: E731
+    counts: dict[str, dict[str, int]] = {}
+    if lid_filter is not None:
+        from .corpus import lid_filtered
+
+        meta["lid_filter"] = {"threshold": float(lid_filter), "model": "fastText (lapeval.metrics.lid)"}
+        texts_of = lambda lang: lid_filtered(corpora.texts(sources, lang), lang, lid_filter, counts)  # noqa: E731
+    stats = collect_stats(net, tok, langs, texts_of, Path(out), cfg, meta, progress=progress, log=log, sites=sites,
+                          corpus_state=lambda lang: corpora.state(sources, lang))
+    if lid_filter is not None:
+        for lang in langs:
+            c = counts.get(lang)
+            log(f"lid filter {lid_filter:g}: {lang}: " + (f"dropped {c['dropped']} of {c['read']} texts read"
+                                                         if c else "collected before (resumed): not re-read"))
+        stats.meta["lid_filter"] = {**meta["lid_filter"], "texts": {l: counts.get(l) for l in langs}}
+        from .stats import rank_world
+
+        if rank_world()[0] == 0:
+            stats.save(Path(out))  # the counts are known only once the texts were read
+    return stats
 
 
 def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
@@ -167,7 +192,8 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
              method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
              activation_bar_ratio: float = 0.95, n_sentences: int = 100, max_length: int = 512,
              batch_tokens: int = 8192, batch_size: int = 64, dtype: str = "float32", device: str | None = None,
-             site: str | None = None, plot: bool = False, progress: bool = True, log=print):
+             site: str | None = None, lid_filter: float | None = None, plot: bool = False, progress: bool = True,
+             log=print):
     """:func:`collect` then :func:`select`: the language neurons of ``model`` as a
     :class:`~lapeval.masks.NeuronMask`, saved to ``out`` (``.safetensors``) when given, with its statistics
     in ``stats_out`` (default beside ``out``; without ``out``, in a temporary folder). ``plot=True`` also
@@ -197,7 +223,8 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
     if plot and out is not None:
         check_writable(Path(out).with_suffix(".png"), "the plot")
     kw = dict(max_tokens=max_tokens, n_sentences=n_sentences, max_length=max_length, batch_tokens=batch_tokens,
-              batch_size=batch_size, dtype=dtype, device=device, site=site, progress=progress, log=log)
+              batch_size=batch_size, dtype=dtype, device=device, site=site, lid_filter=lid_filter, progress=progress,
+              log=log)
     if out is None and stats_out is None:
         with tempfile.TemporaryDirectory(prefix="lapeval-stats-") as tmp:
             stats = collect(model, languages, corpus, Path(tmp) / "stats.safetensors", **kw)

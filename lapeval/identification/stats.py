@@ -6,7 +6,10 @@ For each language L and neuron (l, j), over the counted tokens of L's text:
   so that the activation probability is p_{l,j}(L) = over_zero / n_tokens;
 * for the first K texts (default 100), each text's mean activation m_L^(k)[l,j] over its counted tokens,
   giving p_max = max_k m^(k), p_median = the lower median over k (as ``torch.median``), and
-  p_min = min_k m^(k) (the "language-activated" baseline: neurons with m^(k) > 0 for every k).
+  p_min = min_k m^(k) (the "language-activated" baseline: neurons with m^(k) > 0 for every k);
+* in the same pass, for DiffMean residual vectors (method.md §11), ``resid_sum[L,l]`` = Σ_t h^(l)(t) ∈ R^hidden,
+  the float64 sum over L's counted tokens of decoder layer l's output (the residual stream), so that
+  μ_L^(l) = resid_sum[L,l] / n_tokens[L] (:mod:`lapeval.identification.vectors`).
 
 Counted tokens are the real tokens of the text: padding and the special tokens the tokenizer prepends
 (BOS) are never counted. Texts longer than ``max_length`` are cut into consecutive chunks (each gets the
@@ -61,6 +64,7 @@ class LanguageStats:
     n_tokens: int
     sentence_means: torch.Tensor  # float32 [k, n_layers, d_ff], k <= K
     n_texts: int = 0
+    resid_sum: torch.Tensor | None = None  # float64 [n_layers, hidden]: Σ over counted tokens of each layer's output
 
     def summary(self) -> dict[str, torch.Tensor]:
         """p_max, p_median (lower median), p_min over the kept texts (zeros if none)."""
@@ -124,9 +128,11 @@ class ActivationRecorder:
     in the first-K buffer (or -1). Use as a context manager: hooks are always removed on exit.
     """
 
-    def __init__(self, sites: list[Site], n_slots: int):
+    def __init__(self, sites: list[Site], n_slots: int, layers=None, hidden: int | None = None):
         self.sites = sites
         self.n_slots = n_slots
+        self.layers = list(layers or []) if hidden else []  # decoder layers: their outputs' sums (DiffMean)
+        self.resid_sum = [torch.zeros(hidden, dtype=torch.float64, device=_device_of(m)) for m in self.layers]
         self.over_zero = [torch.zeros(s.d_ff, dtype=torch.int64, device=s.device) for s in sites]
         self.slot_means = [torch.zeros(n_slots, s.d_ff, dtype=torch.float32) for s in sites]
         self.slot_filled = torch.zeros(n_slots, dtype=torch.int64)
@@ -140,6 +146,8 @@ class ActivationRecorder:
         dev = device or counted.device
         flat = counted.reshape(-1)
         self._uncounted = (~flat).nonzero().squeeze(1).to(dev, non_blocking=True)  # pads and prefix: few, subtracted
+        if self.layers:
+            self._counted = flat.to(torch.float32).to(dev, non_blocking=True)  # [B*T] weights of the residual sums
         rows = (slots >= 0).nonzero().squeeze(1)
         self._slot_ids = slots[rows]
         self._slot_rows = rows.to(dev, non_blocking=True)
@@ -165,8 +173,19 @@ class ActivationRecorder:
 
         return hook
 
+    def _resid_hook(self, layer: int):
+        def hook(module, inputs, out):
+            h = out[0] if isinstance(out, tuple) else out
+            h2 = h.reshape(-1, h.shape[-1])
+            h2 = h2 if h2.dtype == torch.float64 else h2.float()  # half precision summed in float32 per batch
+            w = self._counted.to(h2.device, h2.dtype, non_blocking=True)
+            self.resid_sum[layer] += (w @ h2).double()
+
+        return hook
+
     def __enter__(self):
         self._handles = [s.module.register_forward_hook(self._hook(i)) for i, s in enumerate(self.sites)]
+        self._handles += [m.register_forward_hook(self._resid_hook(i)) for i, m in enumerate(self.layers)]
         return self
 
     def __exit__(self, *exc):
@@ -174,6 +193,10 @@ class ActivationRecorder:
             h.remove()
         self._handles = []
         return False
+
+
+def _device_of(module) -> torch.device:
+    return next(module.parameters()).device
 
 
 # ---- distributed helpers -----------------------------------------------------------------------
@@ -260,7 +283,9 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
     n_tokens = 0
     n_seqs = 0
     bar = tqdm(total=cfg.max_tokens, unit="tok", desc=progress, disable=progress is None or rank != 0, leave=False)
-    rec = ActivationRecorder(sites, cfg.n_sentences)
+    from ..sites import decoder_layers, hidden_size_of
+
+    rec = ActivationRecorder(sites, cfg.n_sentences, decoder_layers(model)[1], hidden_size_of(model))
 
     def run(window: list[tuple[int, list[int]]]) -> None:
         nonlocal n_tokens
@@ -303,8 +328,9 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
     means = _all_reduce(means)
     filled = _all_reduce(rec.slot_filled.clone())
     n_tokens = int(_all_reduce(torch.tensor([n_tokens], dtype=torch.int64))[0])
+    resid = _all_reduce(torch.stack([x.cpu() for x in rec.resid_sum])) if rec.resid_sum else None
     k = int(filled.sum())
-    return LanguageStats(over_zero, n_tokens, means[:k].clone(), n_texts=n_seqs)
+    return LanguageStats(over_zero, n_tokens, means[:k].clone(), n_texts=n_seqs, resid_sum=resid)
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -321,6 +347,7 @@ class Stats:
     act: dict[str, torch.Tensor] = field(default_factory=dict)
     n_sentences: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+    resid_sum: torch.Tensor | None = None  # float64 [n_langs, n_layers, hidden] (files written before it: None)
 
     @property
     def n_layers(self) -> int:
@@ -342,6 +369,8 @@ class Stats:
             act,
             torch.tensor([per_lang[l].sentence_means.shape[0] for l in langs], dtype=torch.int64),
             dict(meta or {}),
+            torch.stack([per_lang[l].resid_sum for l in langs])
+            if all(per_lang[l].resid_sum is not None for l in langs) else None,
         )
 
     def save(self, path: str | Path) -> Path:
@@ -349,6 +378,8 @@ class Stats:
         tensors.update({k: v.to(torch.float32).contiguous() for k, v in self.act.items()})
         if self.n_sentences is not None:
             tensors["n_sentences"] = self.n_sentences.to(torch.int64)
+        if self.resid_sum is not None:
+            tensors["resid_sum"] = self.resid_sum.to(torch.float64).contiguous()
         header = {"format": FORMAT, "languages": json.dumps(self.languages),
                   "lapeval": json.dumps({**self.meta, "lapeval_version": __version__}, ensure_ascii=False,
                                         sort_keys=True)}
@@ -393,7 +424,10 @@ class Stats:
         ns = t.get("n_sentences")
         if ns is not None and (ns.shape != n.shape or (ns < 0).any()):
             raise StatsError(f"{path}: n_sentences must be [n_langs] counts ≥ 0")
-        return cls(langs, oz.long(), n.long(), act, ns, meta)
+        resid = t.get("resid_sum")
+        if resid is not None and (resid.dim() != 3 or resid.shape[:2] != oz.shape[:2] or not bool(torch.isfinite(resid).all())):
+            raise StatsError(f"{path}: resid_sum must be finite [n_langs, n_layers, hidden] sums; collect it again")
+        return cls(langs, oz.long(), n.long(), act, ns, meta, None if resid is None else resid.double())
 
 
 # ---- many languages, resumable ------------------------------------------------------------------
@@ -486,6 +520,8 @@ def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, c
 def _save_part(path: Path, st: LanguageStats, key: str) -> None:
     tensors = {"over_zero": st.over_zero.contiguous(), "n_tokens": torch.tensor([st.n_tokens]),
                "sentence_means": st.sentence_means.contiguous(), "n_texts": torch.tensor([st.n_texts])}
+    if st.resid_sum is not None:
+        tensors["resid_sum"] = st.resid_sum.contiguous()
     save_safetensors(tensors, path, {"run_key": key})
 
 
@@ -499,4 +535,5 @@ def _load_part(path: Path, key: str) -> LanguageStats | None:
             t = {k: f.get_tensor(k) for k in f.keys()}
     except Exception:
         return None
-    return LanguageStats(t["over_zero"], int(t["n_tokens"][0]), t["sentence_means"], int(t["n_texts"][0]))
+    return LanguageStats(t["over_zero"], int(t["n_tokens"][0]), t["sentence_means"], int(t["n_texts"][0]),
+                         t.get("resid_sum"))

@@ -54,8 +54,15 @@ under that scope. Test-time statistics stay over all real tokens of the call.
 Several interventions can run in one forward, one per batch row (``rows``): row b gets
 ``interventions[rows[b]]`` (``-1`` = untouched). This serves ``lang=self`` and grid cells batched as rows.
 
-Hooks are forward hooks on the sites' non-linearity modules, editing the output in place; they live only
-inside :func:`intervene` and are removed on exit, also when an exception is raised.
+**Residual terms** (:meth:`Intervention.from_vectors`, DiffMean steering; method.md §11) act on the output
+``h ∈ R^{B×T×hidden}`` of decoder layer l (the residual stream) instead of the neurons, with the same rows,
+scopes and composites::
+
+    add α      h[b,t,:] ← h[b,t,:] + α · v^(l)      v^(l) = mean over the chosen languages L of v_L^(l)
+
+Hooks are forward hooks on the sites' non-linearity modules (and, for residual terms, on the decoder layers),
+editing the output in place; they live only inside :func:`intervene` and are removed on exit, also when an
+exception is raised.
 """
 
 from __future__ import annotations
@@ -89,6 +96,26 @@ class Intervention:
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     languages: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None
+    site: str = "neuron"  # or "residual": ``neurons[l]`` are then all hidden dimensions, ``values[l]`` α · v^(l)
+
+    @classmethod
+    def from_vectors(cls, vectors, languages: Sequence[str], mode, value=None, layers=None) -> "Intervention":
+        """``add:α`` of the mean of ``languages``' residual vectors (a :class:`~lapeval.vectors.ResidualVectors`)
+        at ``layers`` (default all). α = 0 touches nothing (no hook: bit-identical to no intervention)."""
+        op = mode if isinstance(mode, Operation) else Operation.parse(mode, value)
+        if op.mode != "add" or not isinstance(op.value, float) or op.factor != 1.0:
+            raise InterventionError(f"{op.label} on residual vectors: a vector term adds α · v (write add:α, e.g. add:4)")
+        chosen = parse_layers(layers, vectors.n_layers) if not isinstance(layers, tuple) else layers
+        langs = tuple(dict.fromkeys(vectors.code(l) for l in languages))
+        if not langs:
+            raise InterventionError(f"no language given: use codes of these vectors ({', '.join(vectors.languages)})")
+        neurons, values = {}, {}
+        if op.value != 0.0:
+            v = torch.stack([vectors.vectors[l] for l in langs]).double().mean(0)  # [n_layers, hidden]
+            for l in range(vectors.n_layers) if chosen is None else chosen:
+                neurons[l] = torch.arange(vectors.hidden)
+                values[l] = (op.value * v[l]).to(torch.float32)
+        return cls(op, neurons, values, langs, chosen, "residual")
 
     @classmethod
     def from_mask(cls, mask, languages: Sequence[str], mode, value=None, layers=None) -> "Intervention":
@@ -138,13 +165,16 @@ class Intervention:
         return sum(int(j.numel()) for j in self.neurons.values())
 
     def describe(self) -> dict:
-        return {
+        d = {
             "mode": self.op.mode,
             "value": self.op.value,
             "languages": list(self.languages),
             "layers": "all" if self.layers is None else list(self.layers),
             "n_neurons": self.n_neurons,
         }
+        if self.site != "neuron":
+            d["site"] = self.site
+        return d
 
 
 @dataclass
@@ -184,6 +214,32 @@ def as_composite(iv) -> Composite | None:
 
 
 # ---- applying it -----------------------------------------------------------------------------------
+@dataclass
+class ResidualSite:
+    """Decoder layer ``layer``: its output (``[B, T, hidden]``, or the first element of a tuple) is the residual
+    stream after that layer, where residual terms add their vectors."""
+
+    layer: int
+    module: nn.Module
+    d_ff: int  # the hidden size (the width residual terms index)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+
+def residual_sites(model: nn.Module) -> list[ResidualSite]:
+    """The decoder layers of ``model`` as :class:`ResidualSite` (found from structure, :func:`~lapeval.sites.decoder_layers`)."""
+    from ..sites import decoder_layers, hidden_size_of
+
+    hidden = hidden_size_of(model)
+    return [ResidualSite(i, m, hidden) for i, m in enumerate(decoder_layers(model)[1])]
+
+
+def _kind(site) -> str:
+    return "residual" if isinstance(site, ResidualSite) else "neuron"
+
+
 class Session:
     """The live state of :func:`intervene`: per-layer tensors on each layer's device, and what the hooks
     know about the current forward call (batch shape, real-token mask, where each row's generated part
@@ -216,7 +272,7 @@ class Session:
                     continue
                 placed = []
                 for term in comp.terms:
-                    j = term.neurons.get(site.layer)
+                    j = term.neurons.get(site.layer) if term.site == _kind(site) else None
                     if j is None:
                         placed.append(None)
                         continue
@@ -225,7 +281,7 @@ class Session:
                     v = term.values.get(site.layer)
                     placed.append((j.to(site.device), None if v is None else v.to(site.device)))
                 per.append(placed if any(p is not None for p in placed) else None)
-            self._placed[site.layer] = per
+            self._placed[(_kind(site), site.layer)] = per
         self._cast: dict[tuple, torch.Tensor] = {}
         self._pending_lengths: list[int] | None = None
         self._pending_conts: list[int] | None = None
@@ -303,14 +359,16 @@ class Session:
             self._where[key] = w.to(device)
         return self._where[key]
 
-    def _vals(self, layer: int, k: int, i: int, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _vals(self, layer, k: int, i: int, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         key = (layer, k, i, dtype)
         if key not in self._cast:
             self._cast[key] = v.to(dtype)
         return self._cast[key]
 
-    def apply(self, layer: int, a: torch.Tensor) -> torch.Tensor:
-        per = self._placed.get(layer)
+    def apply(self, layer, a: torch.Tensor) -> torch.Tensor:
+        """Edit ``a`` in place: the output of the site ``layer`` (a layer index for a neuron site, or a
+        ``(kind, layer)`` key); returns it."""
+        per = self._placed.get(layer if isinstance(layer, tuple) else ("neuron", layer))
         if self.paused or not per or all(p is None for p in per):
             return a
         if self.uniform and not self.needs_stats and not self.scoped:
@@ -427,15 +485,19 @@ def intervene(
     if not any(t.neurons for iv in ivs if iv is not None for t in as_composite(iv).terms):
         yield None
         return
-    sites = sites if sites is not None else find_sites(model)
+    terms = [t for iv in ivs if iv is not None for t in as_composite(iv).terms]
+    sites = list(sites if sites is not None else find_sites(model)) if any(t.site == "neuron" for t in terms) else []
+    if any(t.site == "residual" for t in terms):
+        sites += residual_sites(model)
     session = Session(sites, ivs, rows)
     handles = []
     try:
         if session.needs_call_info:
             handles.append(model.register_forward_pre_hook(_call_hook(session), with_kwargs=True))
         for site in sites:
-            if any(p is not None for p in session._placed[site.layer]):
-                handles.append(site.module.register_forward_hook(_site_hook(session, site.layer)))
+            key = (_kind(site), site.layer)
+            if any(p is not None for p in session._placed[key]):
+                handles.append(site.module.register_forward_hook(_site_hook(session, key)))
         yield session
     finally:
         for h in handles:
@@ -466,8 +528,15 @@ def _offset(kwargs) -> int:
     return 0
 
 
-def _site_hook(session: Session, layer: int):
+def _site_hook(session: Session, key: tuple):
+    if key[0] == "residual":
+        def hook(module, args, output):  # edited in place: a decoder layer may return (hidden, ...)
+            session.apply(key, output[0] if isinstance(output, tuple) else output)
+            return None
+
+        return hook
+
     def hook(module, args, output):
-        return session.apply(layer, output)
+        return session.apply(key, output)
 
     return hook

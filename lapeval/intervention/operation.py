@@ -207,16 +207,20 @@ def layers_label(spec) -> str | None:
 @dataclass(frozen=True)
 class Term:
     """One operation on the neurons of ``languages`` (None: the context's default; codes, ``all``, or one
-    of :data:`LANG_WORDS`) in ``layers`` (a canonical layer label, None: all layers)."""
+    of :data:`LANG_WORDS`) in ``layers`` (a canonical layer label, None: all layers). ``site``: ``vec`` for
+    a term on the residual stream (``vec:add:4@fr``: α · v_fr added to the decoder layers' outputs, with
+    ``vectors=``); None for the default site (the neurons, or the residual stream when only ``vectors=`` is
+    given)."""
 
     op: Operation
     languages: tuple[str, ...] | None = None
     layers: str | None = None
+    site: str | None = None
 
     @property
     def label(self) -> str:
-        """``set:p_max@fr``, ``zero@en+zh@0-5``, ``scale:2@0-5`` (languages before layers)."""
-        out = self.op.label
+        """``set:p_max@fr``, ``zero@en+zh@0-5``, ``scale:2@0-5``, ``vec:add:4@fr`` (languages before layers)."""
+        out = ("vec:" if self.site == "vec" else "") + self.op.label
         if self.languages:
             out += "@" + "+".join(self.languages)
         return out + (f"@{self.layers}" if self.layers else "")
@@ -248,7 +252,7 @@ class Spec:
         """Terms without languages get ``languages``, terms without layers get ``layers``."""
         langs = _languages(languages, "lang") if languages is not None and not isinstance(languages, tuple) else languages
         lay = layers_label(layers)
-        return Spec(tuple(Term(t.op, t.languages or langs or None, t.layers or lay) for t in self.terms), self.scope)
+        return Spec(tuple(Term(t.op, t.languages or langs or None, t.layers or lay, t.site) for t in self.terms), self.scope)
 
     def __str__(self) -> str:
         return self.label
@@ -296,7 +300,13 @@ def parse_term(spec, what: str = "intervention") -> Term:
             raise InterventionError(f"{what} {spec!r}: give (mode, value[, layers])")
         mode, value, layers = (*spec, None, None)[:3]
     elif isinstance(spec, str):
-        head, *parts = spec.strip().split("@")
+        text = spec.strip()
+        if text.lower().startswith("vec:"):  # a term on the residual stream (vectors=)
+            inner = parse_term(text[4:], what)
+            if inner.op.mode != "add" or not isinstance(inner.op.value, float) or inner.op.factor != 1.0:
+                raise InterventionError(f"{what} {spec!r}: a vector term adds α · v: write vec:add:α (e.g. vec:add:4@fr)")
+            return Term(inner.op, inner.languages, inner.layers, "vec")
+        head, *parts = text.split("@")
         layers = None
         for part in parts:
             part = part.strip()

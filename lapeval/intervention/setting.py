@@ -50,6 +50,7 @@ class SettingTerm:
     op: Operation
     languages: tuple[str, ...] | str
     layers: tuple[int, ...] | None
+    site: str = "neuron"  # or "residual" (a vector term)
 
     @property
     def per_request(self) -> bool:
@@ -64,11 +65,12 @@ class Setting:
     """One intervention setting of the model: a mask and the terms of an intervention spec (languages,
     operation, layers each), applied in ``scope``."""
 
-    mask: NeuronMask
-    sha256: str
+    mask: NeuronMask | None
+    sha256: str | None
     terms: tuple[SettingTerm, ...]
     scope: str = "all"
     lang_map: LangMap | None = None  # task name / glob → language, for self / src / tgt
+    vectors: object | None = None  # ResidualVectors for residual terms (lapeval.vectors)
     _compiled: dict = field(default_factory=dict, repr=False)
     used: set = field(default_factory=set, repr=False)
     unmodified: dict = field(default_factory=dict, repr=False)  # per request: task → {"requests", "reason"}
@@ -109,9 +111,10 @@ class Setting:
         """``set:p_max``, ``zero@0-5`` (one term), ``zero@en;set:p_max@fr;scope:generation``: the one spelling of
         :mod:`lapeval.intervention.operation` (a one-term setting without its languages, as before)."""
         if self.single:
-            return spec_label(self.op, self.layers)
+            return ("vec:" if self.terms[0].site == "residual" else "") + spec_label(self.op, self.layers)
         return Spec(tuple(Term(t.op, (t.languages,) if isinstance(t.languages, str) else t.languages,
-                               layers_label(t.layers)) for t in self.terms), self.scope).label
+                               layers_label(t.layers), "vec" if t.site == "residual" else None)
+                          for t in self.terms), self.scope).label
 
     def _resolution(self, langs) -> Resolution:
         if langs is None:
@@ -133,11 +136,16 @@ class Setting:
         :class:`Intervention`, anything else a :class:`Composite`."""
         res = self._resolution(langs)
         if res not in self._compiled:
-            parts = tuple(Intervention.from_mask(self.mask, r, t.op, layers=t.layers) for t, r in zip(self.terms, res))
+            parts = tuple(self._compile(t, r) for t, r in zip(self.terms, res))
             self._compiled[res] = parts[0] if self.single else Composite(parts, self.scope)
         for r in res:
             self.used.update(r)
         return self._compiled[res]
+
+    def _compile(self, t: SettingTerm, langs) -> Intervention:
+        if t.site == "residual":
+            return Intervention.from_vectors(self.vectors, langs, t.op, layers=t.layers)
+        return Intervention.from_mask(self.mask, langs, t.op, layers=t.layers)
 
     def key(self, langs=None) -> dict:
         """What determines the computation for requests run with ``langs`` (cache key, provenance). A
@@ -151,12 +159,16 @@ class Setting:
                  "layers": "all" if t.layers is None else list(t.layers)}
             if t.op.factor != 1.0:
                 d["factor"] = t.op.factor
+            if t.site != "neuron":
+                d["site"] = t.site
             return d
 
+        files = {"neurons_sha256": self.sha256}
+        if self.vectors is not None:  # neuron-only settings keep the key they always had
+            files["vectors_sha256"] = self.vectors.sha256() if self.vectors.path else "unsaved"
         if self.single:
-            return {"neurons_sha256": self.sha256, **term(self.terms[0], per_term[0])}
-        return {"neurons_sha256": self.sha256, "terms": [term(t, r) for t, r in zip(self.terms, per_term)],
-                "scope": self.scope}
+            return {**files, **term(self.terms[0], per_term[0])}
+        return {**files, "terms": [term(t, r) for t, r in zip(self.terms, per_term)], "scope": self.scope}
 
     def describe(self) -> dict:
         """Provenance (``config.lape.intervention``): the key, the mask, the label and, when languages come from
@@ -168,13 +180,19 @@ class Setting:
 
         def counts(t: SettingTerm) -> dict:
             langs = sorted(self.used) if t.per_request else t.languages
-            return {l: Intervention.from_mask(self.mask, (l,), t.op, layers=t.layers).n_neurons for l in langs}
+            return {l: self._compile(t, (l,)).n_neurons for l in langs}
 
         d = self._key([shown(t) for t in self.terms])
         if self.single:
             d["lang"] = self.terms[0].languages if self.terms[0].per_request else list(self.terms[0].languages)
-        d.update(label=self.label, neurons=str(self.mask.path) if self.mask.path else None,
-                 mask_languages=list(self.mask.languages))
+        if self.mask is not None:
+            d.update(label=self.label, neurons=str(self.mask.path) if self.mask.path else None,
+                     mask_languages=list(self.mask.languages))
+        else:
+            d.update(label=self.label)
+        if self.vectors is not None:
+            d.update(vectors=str(self.vectors.path) if self.vectors.path else None,
+                     vector_languages=list(self.vectors.languages))
         if self.single:
             d["n_neurons"] = counts(self.terms[0])
         else:
@@ -200,10 +218,24 @@ class Setting:
         return self._in_mask(found.language)
 
     def _in_mask(self, lang: str) -> tuple[str | None, str]:
+        """The code of ``lang`` in the setting's mask and vectors (those it has), or (None, why)."""
+        from ..vectors import VectorsError
+
+        code = lang
         try:
-            return self.mask.code(lang), ""
+            if self.mask is not None:
+                code = self.mask.code(lang)
         except MaskError:
             return None, f"{lang} not in mask"
+        try:
+            if self.vectors is not None:
+                code = self.vectors.code(code)
+        except VectorsError:
+            return None, f"{lang} not in vectors"
+        return code, ""
+
+    def _languages(self) -> list[str]:
+        return list(self.mask.languages if self.mask is not None else self.vectors.languages)
 
     def word_language(self, word: str, task_name: str | None, metadata: Mapping | None = None) -> tuple[str | None, str]:
         """The language ``self`` / ``src`` / ``tgt`` names for a request of ``task_name``: (code, "") or (None, why).
@@ -227,7 +259,7 @@ class Setting:
             return code
         if why.endswith("not in mask"):
             raise MaskError(f"lang=self: task {task_name} is in {why.split()[0]}, which the mask has no neurons for "
-                            f"(it has: {', '.join(self.mask.languages)}); run it with an explicit lang= or another mask")
+                            f"(it has: {', '.join(self._languages())}); run it with an explicit lang= or another mask")
         raise LapeConfigError(f"lang=self: task {task_name!r} names no language; give lang= explicitly for it "
                               "(or lang_map=)")
 
@@ -336,22 +368,27 @@ def check_spec(spec: Spec, mask: NeuronMask, targets: Sequence[str] | None = Non
 
 
 def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = None, d_ff: int | None = None,
-                  lang_map=None, ops=None, scope=None) -> Setting | None:
+                  lang_map=None, ops=None, scope=None, vectors=None, hidden: int | None = None) -> Setting | None:
     """Validate the ``lape`` arguments (one-line errors) and build the :class:`Setting`; None = no intervention.
 
-    ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask`; ``ops``: an intervention spec
+    ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask`; ``vectors``: a residual-vectors path or
+    :class:`~lapeval.vectors.ResidualVectors` (DiffMean; terms then add α · v to the decoder layers' outputs —
+    every term when no mask is given, else the terms written ``vec:add:α``); ``ops``: an intervention spec
     (:func:`lapeval.intervention.operation.parse_ops`: ``zero@en;set:p_max@fr``), or else the one-term shorthand
     ``mode`` / ``value`` (:meth:`Operation.parse`); ``lang``: the languages of terms that name none — a code,
     several (``en+zh``, a list), ``all``, ``self``, ``src`` or ``tgt``; ``layers``: the layers of terms that
     name none (``0-5``, ``0+3+17``; default all); ``scope``: all | prompt | generation | last; ``n_layers`` /
-    ``d_ff``: the model's shape, checked against the mask when given; ``lang_map``: a
+    ``d_ff`` / ``hidden``: the model's shape, checked against the mask and vectors when given; ``lang_map``: a
     :class:`~lapeval.languages.LangMap`, dict or ``PATTERN:LANG;...`` string (for ``self``/``src``/``tgt``)."""
     lmap = LangMap.parse(lang_map)
-    if neurons is None or (isinstance(neurons, str) and not neurons.strip()):
+    no_mask = neurons is None or (isinstance(neurons, str) and not neurons.strip())
+    no_vec = vectors is None or (isinstance(vectors, str) and not vectors.strip())
+    if no_mask and no_vec:
         given = [k for k, v in (("ops", ops), ("lang", lang), ("mode", mode), ("value", value), ("layers", layers),
                                 ("scope", scope)) if v is not None]
         if given:
-            raise LapeConfigError(f"{'/'.join(given)}= given without neurons=: pass neurons=<mask .safetensors file>")
+            raise LapeConfigError(f"{'/'.join(given)}= given without neurons=: pass neurons=<mask .safetensors file> "
+                                  "(or vectors=<residual vectors file>)")
         return None
     if ops is not None and (mode is not None or value is not None):
         raise LapeConfigError("ops= and mode=/value= both given: write the operation once, in ops= "
@@ -360,48 +397,65 @@ def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = Non
         spec = parse_ops(ops, "ops=", scope=scope) if ops is not None else None
     except InterventionError as e:
         raise LapeConfigError(str(e)) from None
-    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    mask = None if no_mask else neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    vecs = None
+    if not no_vec:
+        from ..vectors import ResidualVectors
+
+        vecs = vectors if isinstance(vectors, ResidualVectors) else ResidualVectors.load(Path(str(vectors)).expanduser())
     if spec is None:
         spec = parse_ops(Operation.parse(mode, value), scope=scope)
     if n_layers is not None:
-        mask.check_model(n_layers, d_ff)
-    default_layers = parse_layers(layers, mask.n_layers)
+        if mask is not None:
+            mask.check_model(n_layers, d_ff)
+        if vecs is not None and hidden is not None:
+            vecs.check_model(n_layers, hidden)
+    source_layers = mask.n_layers if mask is not None else vecs.n_layers
+    default_layers = parse_layers(layers, source_layers)
     default_langs = None if lang is None or (isinstance(lang, str) and not lang.strip()) else lang
     terms = []
     for t in spec.terms:
         where = "" if spec.simple else f"ops= term {t.label!r}: "
+        site = "residual" if t.site == "vec" or mask is None else "neuron"
+        if site == "residual" and vecs is None:
+            raise LapeConfigError(f"{where}a vec: term needs vectors=<residual vectors file> (lapeval vectors)")
+        source = vecs if site == "residual" else mask
+        if site == "residual" and (t.op.mode != "add" or not isinstance(t.op.value, float) or t.op.factor != 1.0):
+            raise LapeConfigError(f"{where}{t.op.label} on residual vectors: a vector term adds α · v, write "
+                                  "mode=add,value=α (or vec:add:α in ops=)")
         langs = t.languages
         if langs is None:
             if default_langs is None:
                 if spec.simple:
-                    raise LapeConfigError(f"neurons= needs lang=: one of {', '.join(mask.languages)}, several joined "
-                                          "by +, all, self (each task's language), src or tgt (a translation's sides)")
+                    raise LapeConfigError(f"{'neurons' if mask is not None else 'vectors'}= needs lang=: one of "
+                                          f"{', '.join(source.languages)}, several joined by +, all, self (each "
+                                          "task's language), src or tgt (a translation's sides)")
                 raise LapeConfigError(f"{where}names no languages and no lang= is given: write it "
-                                      f"{t.op.label}@LANG (one of {', '.join(mask.languages)}, all, self, src, tgt)")
+                                      f"{t.op.label}@LANG (one of {', '.join(source.languages)}, all, self, src, tgt)")
             langs = tuple(split_list(default_langs)) if isinstance(default_langs, str) else tuple(default_langs)
         words = [l.strip().lower() for l in langs]
         if len(words) == 1 and words[0] in LANG_WORDS:
             resolved: tuple[str, ...] | str = words[0]
         elif len(words) == 1 and words[0] == "all":
-            resolved = tuple(mask.languages)
+            resolved = tuple(source.languages)
         else:
             if any(w in (*LANG_WORDS, "all") for w in words):
                 raise LapeConfigError(f"{where}{'/'.join(w for w in words if w in (*LANG_WORDS, 'all'))} stands alone "
                                       "(not joined with other languages by +)")
-            resolved = tuple(dict.fromkeys(mask.code(l) for l in langs))
+            resolved = tuple(dict.fromkeys(source.code(l) for l in langs))
             if not resolved:
-                raise LapeConfigError(f"{where}empty lang=: use codes of this mask ({', '.join(mask.languages)})")
+                raise LapeConfigError(f"{where}empty lang=: use codes of this mask ({', '.join(source.languages)})")
         try:
-            chosen = parse_layers(t.layers, mask.n_layers) if t.layers is not None else default_layers
+            chosen = parse_layers(t.layers, source.n_layers) if t.layers is not None else default_layers
         except InterventionError as e:
             raise LapeConfigError(f"{where}{e}") from None
-        terms.append(SettingTerm(t.op, resolved, chosen))
-    sha = mask.sha256() if mask.path else "unsaved"
-    setting = Setting(mask, sha, tuple(terms), spec.scope, lmap)
+        terms.append(SettingTerm(t.op, resolved, chosen, site))
+    sha = (mask.sha256() if mask.path else "unsaved") if mask is not None else None
+    setting = Setting(mask, sha, tuple(terms), spec.scope, lmap, vecs)
     for t in setting.terms:  # validates values (p_max present ...) now, not mid-run
         if not t.per_request:
-            Intervention.from_mask(mask, t.languages, t.op, layers=t.layers)
-        elif t.op.mask_values and not mask.has_values(t.op.mask_values):
+            setting._compile(t, t.languages)
+        elif t.site == "neuron" and t.op.mask_values and not mask.has_values(t.op.mask_values):
             mask.values_per_layer(next(l for l in mask.languages if t.op.mask_values not in mask.sets[l].values),
                                   t.op.mask_values)
     return setting

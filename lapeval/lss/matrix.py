@@ -68,7 +68,7 @@ def touches_neurons(lm) -> bool:
 
 
 def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", value="p_max", layers=None,
-                   limit=None, log=print, baseline: dict | None = None, ops=None) -> dict:
+                   limit=None, log=print, baseline: dict | None = None, ops=None, vectors=None) -> dict:
     """LSS(s, t) for every source task and target language, with one loaded ``lm``
     (a :class:`~lapeval.lm.LapeLM`; its intervention is cleared on return).
 
@@ -93,9 +93,9 @@ def compute_matrix(lm, tasks: dict, targets: list[str], *, neurons, mode="set", 
     for t in targets:
         t0 = time.time()
         if ops is not None:
-            lm.set_intervention(neurons=neurons, lang=t, ops=ops, layers=layers)
+            lm.set_intervention(neurons=neurons, lang=t, ops=ops, layers=layers, vectors=vectors)
         else:
-            lm.set_intervention(neurons=neurons, lang=t, mode=mode, value=value, layers=layers)
+            lm.set_intervention(neurons=neurons, lang=t, mode=mode, value=value, layers=layers, vectors=vectors)
         for s, rows in facts.items():
             if s == t:
                 continue
@@ -134,10 +134,11 @@ def keeping_setting(lm):
         lm._lape = saved
 
 
-def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=None):
+def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=None, vectors=None):
     """Everything that can be checked before the model loads: languages, their facts, ``limit``, the mask
     and its languages, the operation (``mode=None``: the caller checks its own operations), the layers.
-    Returns (sources, targets, mask)."""
+    With ``vectors`` (a residual-vectors path or object) instead of, or beside, ``neurons``, their languages
+    (:func:`load_vectors`). Returns (sources, targets, mask or None)."""
     from ..intervention.operation import Operation, parse_layers
     from ..languages import parse_list
     from ..masks import NeuronMask
@@ -147,13 +148,29 @@ def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=No
     check_sources(srcs, facts)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise UsageError(f"--limit {limit}: give a positive number of facts per source")
-    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
-    for t in tgts:
-        mask.code(t)  # one-line MaskError naming the mask's languages
+    if neurons is None and vectors is None:
+        raise UsageError("give --neurons MASK (language neurons) or --vectors VEC (residual DiffMean vectors)")
+    mask = None
+    if neurons is not None:
+        mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+        for t in tgts:
+            mask.code(t)  # one-line MaskError naming the mask's languages
+    vecs = load_vectors(vectors, tgts) if vectors is not None else None
     if mode is not None:
         Operation.parse(mode, value)
-    parse_layers(layers, mask.n_layers)
+    parse_layers(layers, (mask or vecs).n_layers)
     return srcs, tgts, mask
+
+
+def load_vectors(vectors, targets: Sequence[str]):
+    """The :class:`~lapeval.vectors.ResidualVectors` of ``vectors`` (a path or the object), every target checked
+    to be one of its languages (one line each)."""
+    from ..vectors import ResidualVectors
+
+    vecs = vectors if isinstance(vectors, ResidualVectors) else ResidualVectors.load(Path(str(vectors)).expanduser())
+    for t in targets:
+        vecs.code(t)
+    return vecs
 
 
 def check_targets(tasks: dict, targets: Sequence[str], limit, where: str) -> None:
@@ -185,17 +202,21 @@ def loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, sources,
             lm, name = load_lape(model_or_lm, batch_size, dtype, device), model_or_lm
         else:
             lm, name = model_or_lm, getattr(model_or_lm, "_lape_name", None) or str(model_or_lm.pretrained)
-        mask.check_model(len(lm.sites), lm.sites[0].d_ff)
+        if mask is not None:
+            mask.check_model(len(lm.sites), lm.sites[0].d_ff)
         with keeping_setting(lm):
             yield lm, name, where, tasks
 
 
-def _provenance(name: str, mask, mode, value, layers, facts: str, limit, started: float) -> dict:
+def _provenance(name: str, mask, mode, value, layers, facts: str, limit, started: float, vectors=None) -> dict:
     from .. import __version__, models
 
-    return dict(source="in-process (lape model)", model=name, **models.identity(name),
-                neurons=str(mask.path) if mask.path else None,
-                neurons_sha256=mask.sha256() if mask.path else None, mode=mode, value=value,
+    files = {"neurons": str(mask.path) if mask is not None and mask.path else None,
+             "neurons_sha256": mask.sha256() if mask is not None and mask.path else None}
+    if vectors is not None:
+        files.update(vectors=str(vectors.path) if vectors.path else None,
+                     vectors_sha256=vectors.sha256() if vectors.path else None)
+    return dict(source="in-process (lape model)", model=name, **models.identity(name), **files, mode=mode, value=value,
                 layers=layers or "all", facts=facts, limit=limit, baseline="paired: each (s, t) scored as the "
                 "same requests in the same batches without intervention", lapeval_version=__version__,
                 seconds=round(time.time() - started, 1))
@@ -203,7 +224,7 @@ def _provenance(name: str, mask, mode, value, layers, facts: str, limit, started
 
 def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode: str = "set", value="p_max",
                layers=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
-               device: str = "cpu", controls: int = 0, control_stats=None, log=print) -> dict:
+               device: str = "cpu", controls: int = 0, control_stats=None, vectors=None, log=print) -> dict:
     """The LSS matrix of ``neurons`` (a mask path or :class:`~lapeval.masks.NeuronMask`) — what
     ``lapeval lss matrix`` prints and writes.
 
@@ -214,7 +235,8 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     hub); ``mode`` / ``value`` / ``layers``: the operation on t's neurons; ``limit``: first N facts per source;
     ``controls``: K random-neuron controls of the mask (seeds 0 … K−1, :func:`lapeval.control_mask`; matched on
     activation frequency with ``control_stats``, the mask's STATS file), each scored with the same operation on
-    the same facts against the same paired baseline.
+    the same facts against the same paired baseline; ``vectors``: residual DiffMean vectors (``lapeval vectors``)
+    steered with ``mode="add"``, ``value=α`` (``neurons=None``), or beside the mask for ``vec:`` terms.
 
     LSS(s, t) = share of facts whose margin log P(obj_t | prompt_s) − log P(obj_s | prompt_s) grows
     strictly under the intervention, against the paired baseline (:func:`paired_baseline`): an
@@ -233,12 +255,26 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     from .effects import effects
 
     started = time.time()
-    srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, layers, limit, facts)
+    srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, layers, limit, facts, vectors)
+    vecs = load_vectors(vectors, tgts) if vectors is not None else None
+    if controls and mask is None:
+        raise UsageError("--controls: the controls are random-neuron masks; give --neurons MASK")
+    if vecs is not None and mask is None:
+        from ..intervention.operation import Operation
+
+        op = Operation.parse(mode, value)
+        if op.mode != "add" or not isinstance(op.value, float) or op.factor != 1.0:
+            raise UsageError(f"--mode {mode} --value {value} on residual vectors: a vector term adds α · v, give "
+                             "--mode add --value α")
     ctrl_masks = control_masks(mask, controls, control_stats)  # drawn before the model loads
     with loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, srcs, tgts, limit) as (lm, name, where, tasks):
+        if vecs is not None:
+            from ..sites import hidden_size_of
+
+            vecs.check_model(len(lm.sites), hidden_size_of(lm.model))
         base = paired_baseline(lm, tasks, tgts, limit=limit, log=log)
         result = compute_matrix(lm, tasks, tgts, neurons=mask, mode=mode, value=value, layers=layers,
-                                limit=limit, log=log, baseline=base)
+                                limit=limit, log=log, baseline=base, vectors=vecs)
         ctrl = [compute_matrix(lm, tasks, tgts, neurons=c, mode=mode, value=value, layers=layers, limit=limit,
                                log=lambda m: None, baseline=base) for c in ctrl_masks]
     margins = result.pop("margins")
@@ -247,7 +283,7 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
         result["controls"] = [{"seed": c.meta["control"]["seed"], "matching": c.meta["control"]["matching"],
                                "matrix": r["matrix"], "per_target": r["per_target"],
                                "mean_off_diagonal": r["mean_off_diagonal"]} for c, r in zip(ctrl_masks, ctrl)]
-    result.update(_provenance(name, mask, mode, value, layers, where, limit, started))
+    result.update(_provenance(name, mask, mode, value, layers, where, limit, started, vecs))
     return result
 
 
