@@ -192,3 +192,17 @@ def test_controls_are_checked_before_the_model_loads(tmp_path, capsys):
                "--facts", "builtin", "--controls", "-2"])
     err = capsys.readouterr().err
     assert rc == 2 and "--controls" in err and err.count("\n") == 1
+
+
+def test_search_factor_with_controls(tmp_path, tiny_model_dir):
+    import lapeval
+
+    mask = random_mask(tmp_path / "m.safetensors", seed=3, per_lang=16, p_max_low=2.0, p_max_span=6.0)
+    lm = lapeval.LapeLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=4, max_length=256)
+    doc = lapeval.search_factor(lm, mask, ["en", "ja"], ["fr", "ja"], facts="builtin", limit=3,
+                                candidates="set:p_max,scale:1", controls=2, log=lambda m: None)
+    assert doc["controls"]["k"] == 2 and set(doc["effects"]) == {"set:p_max", "scale:1"}
+    noop = doc["effects"]["scale:1"]["overall"]
+    assert noop["lss"] == 0 and noop["controls"] == [0, 0] and noop["real_minus_control"] == 0
+    o = doc["effects"]["set:p_max"]["overall"]
+    assert o["lss"] == pytest.approx(doc["overall"]["set:p_max"]) and len(o["controls"]) == 2

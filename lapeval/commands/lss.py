@@ -31,21 +31,18 @@ def register(sub) -> None:
     sc.add_argument("--out", help="write the matrix and its means as JSON here")
     sc.set_defaults(handler=_score)
 
-    mx = ls.add_parser("matrix", help="the whole LSS matrix in one process with the lape model")
-    add_run_args(mx, vectors=True)
-    mx.add_argument("--mode", default="set", help="intervention mode (default set)")
-    mx.add_argument("--value", default="p_max", help="intervention value (default p_max)")
-    mx.add_argument("--out", help="write the matrix, its means and the settings as JSON here")
-    add_control_args(mx)
-    mx.set_defaults(handler=_matrix)
-
-    ly = ls.add_parser("layers", help="per-layer LSS: each layer's neurons of the target alone (paper 2's layer analysis)")
-    add_run_args(ly, layers=False)
-    ly.add_argument("--mode", default="set", help="intervention mode (default set)")
-    ly.add_argument("--value", default="p_max", help="intervention value (default p_max)")
-    ly.add_argument("--out", help="write the table as JSON here (.json), with a heatmap (.png) and markdown (.md) beside it")
-    add_control_args(ly)
-    ly.set_defaults(handler=_layers)
+    for name, help_, out_help, handler in (
+            ("matrix", "the whole LSS matrix in one process with the lape model",
+             "write the matrix, its means and the settings as JSON here", _matrix),
+            ("layers", "per-layer LSS: each layer's neurons of the target alone (paper 2's layer analysis)",
+             "write the table as JSON here (.json), with a heatmap (.png) and markdown (.md) beside it", _layers)):
+        q = ls.add_parser(name, help=help_)
+        add_run_args(q, layers=name == "matrix", vectors=name == "matrix")
+        q.add_argument("--mode", default="set", help="intervention mode (default set)")
+        q.add_argument("--value", default="p_max", help="intervention value (default p_max)")
+        q.add_argument("--out", help=out_help)
+        add_control_args(q)
+        q.set_defaults(handler=handler)
 
     tk = ls.add_parser("tasks", help="write lss_<s> task YAMLs for every language of a facts folder (for lm_eval --include_path)")
     tk.add_argument("--facts", required=True, help="a folder in the MLAMA-dod-185 layout: <lang>/test.jsonl, or 'builtin'")

@@ -43,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--alphas", help="the factors of --sweep, comma-separated (default 0.5,1,2,4)")
     p.add_argument("--out", help="the JSON path (default <mask stem>.factor.json beside the mask); "
                                  "the .md and .png go beside it")
+    p.add_argument("--controls", type=int, default=0, help="also score every candidate on K random-neuron controls "
+                   "of the mask (seeds 0..K-1) against the same baseline: control mean, real - control, rank")
     p.set_defaults(handler=_search)
 
 
@@ -52,8 +54,15 @@ def _search(args) -> int:
     doc = search_factor(args.model, args.neurons, args.languages, args.targets, candidates=args.candidates,
                         scales=args.scales, layers=args.layers, sweep=args.sweep, alphas=args.alphas, facts=args.facts, limit=args.limit,
                         batch_size=args.batch_size, dtype=args.dtype, device=args.device, out=args.out,
-                        log=lambda m: print(m, file=sys.stderr))
+                        controls=args.controls, log=lambda m: print(m, file=sys.stderr))
     print(format_table(doc))
+    if args.controls:
+        for label, e in doc["effects"].items():
+            o = e["overall"]
+            lo, hi = o["ci"]
+            print(f"{label}: LSS {o['lss']:.3f}, controls {o['control_mean']:.3f}, real - control "
+                  f"{o['real_minus_control']:+.3f} [{lo:+.3f}, {hi:+.3f}], rank {o['rank']}/{o['of']}"
+                  if lo is not None else f"{label}: LSS {o['lss']:.3f}, controls {o['control_mean']:.3f}")
     for t, b in doc["best_per_target"].items():
         print(f"best for {t}: {b['candidate']} (LSS {b['lss']:.2f})" if b else f"best for {t}: none (no pair scored)")
     b = doc["best_overall"]

@@ -229,7 +229,7 @@ def _best(scores: list[tuple[str, float]]) -> tuple[str, float] | None:
 
 
 def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=None, limit: int | None = None,
-           log: Callable[[str], None] = print) -> dict:
+           log: Callable[[str], None] = print, controls: Sequence = ()) -> dict:
     """LSS of every candidate operation for every target language, against one baseline, with a loaded model.
 
     ``lm``: a :class:`~lapeval.lm.LapeLM`; ``tasks``: ``{s: lss_<s> task}`` (from
@@ -249,6 +249,9 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
         best_overall      {"candidate", "mode", "value", "lss"}, highest overall
         matrices          {label: {s: {t: LSS(s, t)}}}
         n_items           {s: facts scored}
+        effects           {label: effects of :func:`lapeval.lss.effects.effects`} — with ``controls`` (control
+                          masks, :func:`lapeval.control_mask`), each candidate also on each control, against
+                          the same baseline: control mean, real − control [CI], rank, chance-corrected LSS
 
     Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
     win, and a target whose every mean is NaN gets ``None``.
@@ -263,12 +266,17 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     parse_layers(layers, mask.n_layers)
     mask.check_model(len(lm.sites), lm.sites[0].d_ff)
 
+    from .effects import effects
+
     base = paired_baseline(lm, tasks, targets, limit=limit, log=log)
-    matrices, table, overall, n_items, sources = {}, {}, {}, {}, list(tasks)
+    matrices, table, overall, n_items, sources, effs = {}, {}, {}, {}, list(tasks), {}
     for i, c in enumerate(cands, 1):
         t0 = time.time()
         res = compute_matrix(lm, tasks, targets, neurons=mask, ops=c.spec, layers=layers,
                              limit=limit, log=lambda m: None, baseline=base)
+        ctrl = [compute_matrix(lm, tasks, targets, neurons=m, ops=c.spec, layers=layers, limit=limit,
+                               log=lambda m: None, baseline=base)["margins"] for m in controls]
+        effs[c.label] = effects(res["margins"], res["n_items"], ctrl or None)
         matrices[c.label] = res["matrix"]
         table[c.label] = {t: res["per_target"].get(t, math.nan) for t in targets}
         overall[c.label] = res["mean_off_diagonal"]
@@ -295,6 +303,7 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
         "tie_rule": TIE_RULE,
         "matrices": matrices,
         "n_items": n_items,
+        "effects": effs,
     }
 
 
@@ -382,7 +391,7 @@ def factor_paths(neurons, out=None) -> tuple[Path, Path, Path]:
 
 def search_factor(model, neurons, languages, targets=None, *, candidates=None, scales=None, layers=None,
                   facts=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
-                  device: str = "cpu", out=None, sweep=None, alphas=None,
+                  device: str = "cpu", out=None, sweep=None, alphas=None, controls: int = 0,
                   log: Callable[[str], None] = print) -> dict:
     """Choose the amplification value per target language by LSS — what ``lapeval search-factor`` runs.
 
@@ -395,7 +404,9 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     ``limit``, ``layers``: as :func:`lapeval.lss_matrix`. ``sweep``: one operation graded by each of
     ``alphas`` (default 0.5, 1, 2, 4; :func:`sweep_candidates`) — the candidates are then the graded ones
     (plus ``candidates`` when given), and the curves go to the JSON (``sweep``), the markdown and
-    ``<stem>.factor.sweep.png``. Returns the JSON document written.
+    ``<stem>.factor.sweep.png``. ``controls``: K random-neuron controls of the mask (seeds 0 … K−1), each
+    candidate scored on them too; the JSON gains ``effects`` per candidate (control mean, real − control with
+    its bootstrap interval, rank, chance-corrected LSS, margin shift). Returns the JSON document written.
 
     Example::
 
@@ -404,10 +415,11 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
         doc["best_per_target"]["fr"]["candidate"]
     """
     from .. import __version__, models
-    from .matrix import check_inputs, loaded_for_lss
+    from .matrix import check_inputs, control_masks, loaded_for_lss
 
     # ---- everything that can be checked without the model or the data
     sources, tgts, mask = check_inputs(neurons, languages, targets, None, None, layers, limit, facts)
+    ctrl_masks = control_masks(mask, controls)
     if scales is not None:
         scale_list = parse_scales(scales) if isinstance(scales, str) else [float(c) for c in scales]
     else:
@@ -427,7 +439,7 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     started = time.time()
     # the facts are read and checked (every target has objects) before the model loads
     with loaded_for_lss(model, mask, facts, batch_size, dtype, device, sources, tgts, limit) as (lm, name, where, tasks):
-        result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log)
+        result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log, controls=ctrl_masks)
     doc = {
         "model": name,
         **models.identity(name),
@@ -452,6 +464,8 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
         "lapeval_version": __version__,
         "seconds": round(time.time() - started, 1),
         "matrices": result["matrices"],
+        "effects": result["effects"],
+        **({"controls": {"k": controls, "matching": ctrl_masks[0].meta["control"]["matching"]}} if ctrl_masks else {}),
     }
     if graded:
         operation = "scale" if str(sweep).strip().lower() == "scale" else parse_ops(sweep).label
