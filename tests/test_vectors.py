@@ -178,3 +178,31 @@ def test_lss_matrix_with_vectors_alpha_zero_is_exactly_zero(vec_file, tiny_model
     assert moved["effects"]["overall"]["shift"] != 0 and moved["neurons"] is None
     assert main([*common[:-2], "--mode", "set", "--value", "p_max"]) == 2
     assert "adds α" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_vectors_and_controls_on_the_real_model(tmp_path, real_model_dir):
+    """Gemma-3-270m: residual sums collected beside the counts, DiffMean vectors; α = 0 is hf bit for bit and
+    α = 4 moves the log-likelihoods; an LSS matrix with a random-neuron control beside it."""
+    from lm_eval.models.huggingface import HFLM
+
+    import lapeval
+    from lapeval.paths import committed_mask
+
+    stats = lapeval.collect(str(real_model_dir), "en,fr", lapeval.bundled_corpus(), tmp_path / "s.safetensors",
+                            max_tokens=300, n_sentences=4, device="cpu", progress=False, log=lambda m: None)
+    assert stats.resid_sum.shape == (2, 18, 640)
+    vec = lapeval.diffmean_vectors(tmp_path / "s.safetensors", out=tmp_path / "v.safetensors")
+    torch.testing.assert_close(vec.vectors["en"], -vec.vectors["fr"])  # two languages: v_en = μ_en − μ_fr = −v_fr
+    reqs = _requests(3)
+    hf = [x[0] for x in HFLM(pretrained=str(real_model_dir), device="cpu", batch_size=4).loglikelihood(reqs)]
+    lm = lapeval.LapeLM(pretrained=str(real_model_dir), device="cpu", batch_size=4, vectors=str(vec.path), lang="fr",
+                        mode="add", value=0)
+    assert [x[0] for x in lm.loglikelihood(_requests(3))] == hf
+    lm.set_intervention(vectors=vec, lang="fr", mode="add", value=4, layers="6-11")
+    assert all(a != b for a, b in zip([x[0] for x in lm.loglikelihood(_requests(3))], hf))
+    res = lapeval.lss_matrix(lm, committed_mask(), ["en", "fr"], facts="builtin", limit=4, controls=1,
+                             log=lambda m: None)
+    o = res["effects"]["overall"]
+    assert o["of"] == 2 and o["controls"] == [res["controls"][0]["mean_off_diagonal"]]
+    assert o["control_mean"] is not None and 0 <= o["lss"] <= 1
