@@ -183,6 +183,15 @@ def grid_lock(cfg: GridConfig):
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held: by this grid's other processes, or by another grid
             pass
+        except OSError as e:  # a file system without locks (some network ones): run as before, and say so
+            import warnings
+
+            from ..errors import LapevalWarning
+
+            warnings.warn(f"cannot lock {path} ({e.strerror or e}): a second grid started on {cfg.output} meanwhile "
+                          "would not be refused", LapevalWarning)
+            yield
+            return
         else:  # alone: say which grid runs here
             fh.seek(0)
             fh.truncate()
