@@ -299,3 +299,26 @@ def inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path")
             "refusing to use it (a name holding '..' or '/', or a symlink out of the folder)"
         )
     return resolved
+
+
+def markdown_text(text) -> str:
+    """Any name (a model, task, metric, label) as literal text in a markdown table cell or heading: ``\\``,
+    ``|`` escaped, ``&``, ``<``, ``>`` as HTML entities (no tag, no broken table), control characters and line
+    breaks written as escapes (:func:`printable`). Ordinary names come back unchanged."""
+    import html
+
+    text = str(text).replace("\\", "\\\\")
+    return html.escape(printable(text), quote=False).replace("|", "\\|")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell as a spreadsheet shows it, never runs it: a string starting with ``=``, ``+``, ``-``, ``@``,
+    tab or CR gets a leading ``'`` (a lone ``-``, lapeval's "no language", is no formula and stays), and its
+    control characters are written as escapes (:func:`printable`; Python's csv module would leave a CR
+    unquoted, splitting the row); anything else, numbers included, comes back unchanged."""
+    if not isinstance(value, str):
+        return value
+    return ("'" if value != "-" and value.startswith(_FORMULA_START) else "") + printable(value)

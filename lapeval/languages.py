@@ -293,6 +293,10 @@ class LangMap:
     def to_dict(self) -> dict[str, str | None]:
         return dict(self.mapping)
 
+    def unmatched(self, tasks) -> list[str]:
+        """The patterns that cover none of ``tasks`` (task names)."""
+        return [p for p in self.mapping if not any(t == p or fnmatch.fnmatchcase(t, p) for t in tasks)]
+
     def __str__(self) -> str:
         return ";".join(f"{p}:{l or 'none'}" for p, l in self.mapping.items())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -155,6 +156,31 @@ def resolve(model: str) -> str:
     if model in KNOWN_MODELS and not Path(model).exists():
         return str(prepare(model))
     return model
+
+
+_HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]{1,96}")
+
+
+def check_model(model: str, flag: str = "--model") -> None:
+    """Before anything is written or loaded: ``model`` must be a known name, an existing folder or something
+    the hub takes as a repository id (``owner/name``, letters, digits, ``- _ .``, the name at most 96); a
+    one-line :class:`ModelLoadError` otherwise (a 300-character name, ``a/b/c`` that is no folder)."""
+    model = str(model)
+    if model in KNOWN_MODELS:
+        return
+    try:
+        if Path(model).expanduser().is_dir():
+            return
+    except OSError:  # a name too long for a path
+        pass
+    if (_HUB_ID.fullmatch(model) and not model.startswith(("-", ".")) and not model.endswith(("-", "."))
+            and "--" not in model and ".." not in model):
+        return
+    shown = repr(model) if len(model) <= 60 else f"{model[:60]!r}… ({len(model)} characters)"
+    from ._io import printable
+
+    raise ModelLoadError(f"{flag} {printable(shown)}: neither a known name ({', '.join(KNOWN_MODELS)}), an existing "
+                         "folder, nor a hub id (owner/name: letters, digits and - _ ., the name at most 96)")
 
 
 def identity(model: str) -> dict:

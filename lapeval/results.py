@@ -18,8 +18,10 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+from ._io import inside, safe_name
 from .errors import LapevalError
 
+SAMPLES_NAME_MAX = 200  # bytes of the task's part: samples_<task>.jsonl stays a file name
 SKIP_KEYS = frozenset({"alias", "name", "sample_len", "samples"})
 GRID_SUMMARY_FORMAT = "lapeval.grid_summary"
 
@@ -99,16 +101,22 @@ def read_grid(out: str | Path) -> dict:
     meta = read_json(out / "grid.json", "grid file", "rerun lapeval grid")
     cells = {}
     for c in meta["cells"]:
-        p = out / "cells" / c["folder"] / "results.json"
+        p = inside(out / "cells", c["folder"], f"grid.json: the folder of cell {c['id']!r},") / "results.json"
         if p.is_file():
             res = read_json(p, f"grid cell {c['id']}:", "delete that cell's folder and rerun lapeval grid to redo it")
             cells[c["id"]] = {"cell": c, "results": res, "dir": p.parent}
     return {"meta": meta, "cells": cells}
 
 
+def samples_path(cell_dir: str | Path, task: str) -> Path:
+    """A grid cell's ``samples_<task>.jsonl``, the task as one safe file name (:func:`~lapeval._io.safe_name`:
+    a task named ``t/../../x`` stays in the cell's folder; ordinary names unchanged)."""
+    return Path(cell_dir) / f"samples_{safe_name(task, SAMPLES_NAME_MAX)}.jsonl"
+
+
 def cell_samples(cell_dir: str | Path, task: str) -> dict[str, dict[int, dict]]:
     """``{filter: {doc_id: record}}`` of a grid cell's ``samples_<task>.jsonl`` (empty when absent)."""
-    p = Path(cell_dir) / f"samples_{task}.jsonl"
+    p = samples_path(cell_dir, task)
     if not p.is_file():
         return {}
     out: dict[str, dict[int, dict]] = {}

@@ -163,8 +163,76 @@ def mlama(lapeval_lang: str, lapeval_facts_dir: str | None = None, **_):
     if root is None:
         ds = _hub("mlama", lapeval_lang)
     else:
-        ds = _files_dataset({"test": _split_files(root, lapeval_lang, "test", ENV["mlama"])})
+        files = _split_files(root, lapeval_lang, "test", ENV["mlama"])
+        ds = _files_dataset({"test": files})
+        keep = facts_kept(files, lapeval_lang)
+        if keep is not None and len(keep) < len(ds["test"]):
+            ds["test"] = ds["test"].select(keep)
     return ds.map(lambda _: {"src_lang": lapeval_lang})
+
+
+def check_facts(root: str | Path, lang: str) -> None:
+    """Before anything loads: the local facts of ``lang`` under ``root`` can be read (see :func:`facts_kept`)."""
+    facts_kept(_split_files(Path(root), lang, "test", ENV["mlama"]), lang)
+
+
+def facts_kept(files: list[Path], lang: str) -> list[int] | None:
+    """The rows of local facts files (``<lang>/test.jsonl``) to use, numbered as the dataset holds them (blank
+    lines skipped); None for parquet files, which are not checked. A line that is not a JSON object, a row
+    without ``template`` or ``sub_<lang>``, or no row at all is a one-line :class:`LocalDataError` naming the
+    file and line; a row whose own object ``obj_<lang>`` is empty, and a repeat of an earlier row (apart
+    from its ``id``), are left out with a one-line warning (LSS would score them against nothing, or twice)."""
+    import warnings
+
+    from .errors import LapevalWarning
+
+    if any(f.suffix != ".jsonl" for f in files):
+        return None
+    keep, seen, empty, repeats, n_rows = [], {}, [], [], 0
+    for path in files:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LocalDataError(f"facts file {path}: cannot read it as UTF-8 text ({e})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LocalDataError(f"facts file {path} line {n}: not JSON ({e.msg}); one fact per line") from None
+            for key in ("template", f"sub_{lang}"):
+                if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key]:
+                    raise LocalDataError(f"facts file {path} line {n}: no {key!r} (every fact needs template, "
+                                         f"sub_{lang} and obj_{lang} as text)")
+            at, n_rows = (path, n), n_rows + 1
+            if row.get(f"obj_{lang}") in (None, ""):
+                empty.append(at)
+                continue
+            same = json.dumps({k: v for k, v in row.items() if k != "id"}, sort_keys=True)
+            if same in seen:
+                repeats.append((at, seen[same]))
+                continue
+            seen[same] = at
+            keep.append(n_rows - 1)
+    if not keep:
+        raise LocalDataError(f"facts file {files[0]}: {'no usable fact' if n_rows else 'no fact (it is empty)'}: "
+                             f"give rows with template, sub_{lang} and obj_{lang}")
+    said = []
+    if empty:
+        said.append(f"facts file {empty[0][0]}: {len(empty)} row(s) with an empty obj_{lang} left out (line "
+                    f"{', '.join(str(n) for _, n in empty[:5])}{', ...' if len(empty) > 5 else ''})")
+    if repeats:
+        said.append(f"facts file {repeats[0][0][0]}: {len(repeats)} repeated row(s) left out (line "
+                    f"{', '.join(f'{a[1]} = line {b[1]}' for a, b in repeats[:5])}{', ...' if len(repeats) > 5 else ''})")
+    for text in said:
+        if text not in _WARNED:  # once per process: the check before loading and the loader read the same file
+            _WARNED.add(text)
+            warnings.warn(text, LapevalWarning)
+    return keep
+
+
+_WARNED: set[str] = set()
 
 
 def flores_sentences(lang: str, split: str = "devtest") -> list[str]:

@@ -442,3 +442,256 @@ HOSTILE_CASES = [
 @pytest.mark.parametrize("argv,words", [c[1:] for c in HOSTILE_CASES], ids=[c[0] for c in HOSTILE_CASES])
 def test_hostile_masks_are_one_line_exit_2(hostile, capsys, monkeypatch, argv, words):
     test_bad_input_is_one_line_exit_2(hostile, capsys, monkeypatch, argv, words)
+
+
+# ---- issue 24: hostile names, facts folders, output folders and a second grid (rows 1, 2, 5, 6, 9-15) ---------
+LOCK_HOLDER = """import fcntl, json, os, sys, time
+fh = open(sys.argv[1], "a+")
+fh.truncate(0)
+fh.write(json.dumps({"grid": "another", "host": "elsewhere", "pid": os.getpid()}) + "\\n")
+fh.flush()
+fcntl.flock(fh, fcntl.LOCK_SH)  # as a running grid holds it
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _facts(folder: Path, en_text: str) -> None:
+    from lapeval.paths import FACTS_DIR
+
+    for lang in ("en", "fr"):
+        (folder / lang).mkdir(parents=True)
+        (folder / lang / "test.jsonl").write_text((FACTS_DIR / lang / "test.jsonl").read_text(encoding="utf-8"))
+    (folder / "en" / "test.jsonl").write_text(en_text, encoding="utf-8")
+
+
+def _fact_rows(n: int = 4) -> list[dict]:
+    from lapeval.paths import FACTS_DIR
+
+    return [json.loads(l) for l in (FACTS_DIR / "en" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+
+
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+@pytest.fixture
+def outputs(scratch):
+    """``scratch`` plus grid files with hostile names, broken facts folders, grid folders whose heatmaps cannot
+    be written or whose grid.json points outside, and a folder held by another running grid."""
+    ok = f"model: gemma-3-270m\nneurons: {MASK}\ntargets: [fr]\ntasks: [lss_en]\nfacts: builtin\n"
+    (scratch / "g_ok.yaml").write_text(ok)
+    (scratch / "g_name.yaml").write_text(ok + "name: '=cmd|x'\n")
+    (scratch / "g_mname.yaml").write_text("models: [{name: '@x', pretrained: gemma-3-270m}]\ntasks: [lss_en]\n")
+    (scratch / "g_mlong.yaml").write_text(f"models: [{{name: {'m' * 300}, pretrained: gemma-3-270m}}]\ntasks: [lss_en]\n")
+    rows = _fact_rows()
+    del rows[1]["sub_en"]
+    _facts(scratch / "f_nosub", _jsonl(rows))
+    _facts(scratch / "f_empty", "")
+    _facts(scratch / "f_badjson", _jsonl(_fact_rows()[:2]) + "{not json\n")
+    for name in ("hm_file", "hm_link", "tampered", "locked"):
+        (scratch / name).mkdir()
+        (scratch / name / "grid.json").write_text(json.dumps({"config": {}, "cells": [{"id": "baseline", "folder": "baseline"}]}))
+    (scratch / "hm_file" / "heatmaps").write_text("not a folder")
+    (scratch / "hm_link" / "heatmaps").symlink_to(scratch / "nowhere")
+    (scratch / "tampered" / "grid.json").write_text(json.dumps({"config": {}, "cells": [
+        {"id": "baseline", "folder": "../../outside/x"}]}))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(scratch / "locked" / "grid.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    try:
+        yield scratch
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+FACTS = [*LSS, "--languages", "en,fr", "--facts"]
+OUTPUT_CASES = [
+    ("grid-name-formula", ["grid", "g_name.yaml", "--output", "o/g"], ["name '=cmd|x'", "letters, digits and . _ -"]),  # row 5
+    ("grid-models-name-at", ["grid", "g_mname.yaml", "--output", "o/g"], ["models[0]", "'@x'", "letters, digits"]),  # row 5
+    ("grid-models-name-too-long", ["grid", "g_mlong.yaml", "--output", "o/g"], ["models[0]", "300 characters"]),  # row 13
+    ("grid-model-too-long", ["grid", "--model", "m" * 300, "--tasks", "lss_en", "--facts", "builtin", "--output", "o/g"],
+     ["model:", "300 characters", "hub id"]),  # row 13
+    ("grid-unknown-task", ["grid", "g_ok.yaml", "--tasks", "lss_en,no_such_task", "--output", "o/g"],
+     ["unknown task(s) no_such_task"]),  # row 13: no grid.json left behind
+    ("grid-heatmaps-is-a-file", ["grid", "g_ok.yaml", "--output", "hm_file"], ["hm_file/heatmaps", "a file"]),  # row 11
+    ("grid-summary-heatmaps-is-a-file", ["grid", "--summary-only", "--output", "hm_file"], ["hm_file/heatmaps", "a file"]),
+    ("grid-summary-heatmaps-dangling", ["grid", "--summary-only", "--output", "hm_link"], ["hm_link/heatmaps", "symbolic link"]),
+    ("grid-summary-folder-outside", ["grid", "--summary-only", "--output", "tampered"],  # row 15
+     ["cell 'baseline'", "../../outside/x", "outside the output folder"]),
+    ("grid-another-grid-running", ["grid", "g_ok.yaml", "--output", "locked"], ["another grid is running in locked"]),  # row 6
+    ("lss-facts-row-without-sub", [*FACTS, "f_nosub"], ["f_nosub/en/test.jsonl line 2", "'sub_en'"]),  # row 9
+    ("lss-facts-empty-file", [*FACTS, "f_empty"], ["f_empty/en/test.jsonl", "empty"]),
+    ("lss-facts-not-json", [*FACTS, "f_badjson"], ["f_badjson/en/test.jsonl line 3", "not JSON"]),
+    ("grid-facts-not-json", ["grid", "g_ok.yaml", "--facts", "f_badjson", "--output", "o/g"], ["f_badjson/en/test.jsonl line 3"]),
+    ("search-factor-facts-no-sub", ["search-factor", "--model", "gemma-3-270m", "--neurons", str(MASK), "--languages",
+                                    "en,fr", "--facts", "f_nosub"], ["f_nosub/en/test.jsonl line 2"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", [c[1:] for c in OUTPUT_CASES], ids=[c[0] for c in OUTPUT_CASES])
+def test_hostile_outputs_are_one_line_exit_2(outputs, capsys, monkeypatch, argv, words):
+    test_bad_input_is_one_line_exit_2(outputs, capsys, monkeypatch, argv, words)
+
+
+def test_a_grid_shares_its_folder_with_its_own_processes_only(tmp_path):
+    """Row 6: the processes of one grid (ranks, shards) hold the folder together; another grid is refused."""
+    from lapeval.grid.config import GridConfig, GridError
+    from lapeval.grid.run import grid_lock
+
+    one = GridConfig.from_dict({"model": "x", "tasks": ["a"], "output": str(tmp_path / "g")})
+    other = GridConfig.from_dict({"model": "x", "tasks": ["a", "b"], "output": str(tmp_path / "g")})
+    with grid_lock(one), grid_lock(one):
+        with pytest.raises(GridError, match="another grid is running"):
+            with grid_lock(other):
+                pass
+    with grid_lock(other):  # released: the next grid takes the folder
+        pass
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["grid.lock"]
+
+
+def test_names_become_paths_inside_their_folder(tmp_path):
+    """Row 1: every name the grid derives a path from (a task's samples file, a heatmap, a model's folder, a
+    cell's folder) is one component inside its folder, for any text; ordinary names keep their file names."""
+    from test_safe_names import HOSTILE
+
+    from lapeval._io import inside
+    from lapeval.grid.config import Cell, GridConfig, ModelEntry
+    from lapeval.grid.report import _slug
+    from lapeval.intervention.operation import parse_ops
+    from lapeval.results import samples_path
+
+    cell_dir = tmp_path / "g" / "cells" / "baseline"
+    for name in HOSTILE:
+        p = samples_path(cell_dir, name)
+        assert p.parent == cell_dir and inside(cell_dir, p) == cell_dir / p.name, name
+        fig = tmp_path / "g" / "heatmaps" / f"{_slug(name, name, name, name)}.png"
+        assert inside(fig.parent, fig).parent == fig.parent and len(fig.name.encode()) <= 255, name
+    assert samples_path(cell_dir, "lss_en").name == "samples_lss_en.jsonl"
+    assert _slug("set:p_max", "lss", "margin", "none") == "set=p_max_lss_margin_none"
+    long = parse_ops(";".join(f"scale:1.{i:04d}@en@0" for i in range(1, 27)) + ";set:p_max")
+    assert len(long.label) > 450
+    folder = Cell("fr", long).folder
+    assert len(folder.encode()) == 255 and "/" not in folder and Cell("fr", parse_ops("set:p_max")).folder == "set=p_max__fr"
+    cfg = GridConfig.from_dict({"models": [{"name": "a.b_c-1", "pretrained": "x"}], "tasks": ["a"], "output": str(tmp_path / "g")})
+    assert Path(cfg.for_model(ModelEntry("a.b_c-1", "x")).output) == tmp_path / "g" / "models" / "a.b_c-1"
+
+
+def test_csv_and_markdown_writers_escape_names():
+    """Rows 5 and 10: leaderboard.csv cells that a spreadsheet would run are quoted; markdown keeps names text."""
+    from lapeval._io import markdown_text, printable, spreadsheet_safe
+    from lapeval.grid import leaderboard
+
+    names = ["=HYPERLINK(1)", "+1", "-1+2", "@SUM(1)", "\tx", "\rx", "plain", "<script>alert(1)</script>", "a|b"]
+    lb = leaderboard.build({n: {"families": {}, "lss": {}, "best": None, "interventions": []} for n in names})
+    import csv
+    import io
+
+    cells = [r[1] for r in csv.reader(io.StringIO(leaderboard.to_csv(lb)))][1:]
+    assert sorted(cells) == sorted("'" + printable(n) if n[0] in "=+-@\t\r" else n for n in names)
+    assert spreadsheet_safe(-1.5) == -1.5 and spreadsheet_safe("-") == "-"
+    md = leaderboard.markdown(lb)
+    assert "<script>" not in md and "&lt;script&gt;" in md and "a\\|b" in md
+    header = [l for l in md.splitlines() if l.startswith("| rank")][0]
+    for line in md.splitlines():
+        if line.startswith("| "):  # every row has the header's columns (no name breaks the table)
+            assert line.replace("\\|", "").count("|") == header.count("|"), line
+    assert markdown_text("flores_ppl_fr") == "flores_ppl_fr" and markdown_text("a\nb") == "a\\nb"
+
+
+def test_facts_empty_objects_and_repeats_are_left_out_with_one_warning(tmp_path, monkeypatch):
+    """Row 9: a fact whose own object is empty, and a repeated fact, are dropped before LSS scores them, with
+    one warning line each (not one per reader); the other rows are kept in order."""
+    from lapeval.taskdata import mlama
+
+    rows = _fact_rows()
+    rows[2]["obj_en"] = ""
+    _facts(tmp_path / "facts", _jsonl([*rows, {**rows[1], "id": 99}]))
+    monkeypatch.chdir(tmp_path)
+    from lapeval.lss.tasks import check_sources
+
+    from lapeval.errors import LapevalWarning
+
+    with pytest.warns(LapevalWarning) as got:
+        check_sources(["en"], "facts")
+    said = [str(w.message) for w in got]
+    assert sorted(said) == ["facts file facts/en/test.jsonl: 1 repeated row(s) left out (line 5 = line 2)",
+                            "facts file facts/en/test.jsonl: 1 row(s) with an empty obj_en left out (line 3)"], said
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LapevalWarning)  # said once: the loader reading the same file is quiet
+        ds = mlama("en", lapeval_facts_dir="facts")["test"]
+    assert [r["id"] for r in ds] == [rows[0]["id"], rows[1]["id"], rows[3]["id"]]
+
+
+def _tiny_grid_yaml(path: Path, model, mask, **extra) -> Path:
+    d = {"model": str(model), "neurons": str(mask), "targets": ["fr"], "tasks": ["lss_en"], "limit": 3,
+         "batch_size": 4, "device": "cpu", "bootstrap_iters": 0, "ci_resamples": 50, "facts": "builtin",
+         "model_args": {"max_length": 256}, "output": "g", **extra}
+    path.write_text(json.dumps(d))
+    return path
+
+
+def test_a_shard_says_what_it_did_and_how_to_build_the_summary(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Row 14: ``--shard 0/2`` names its cells and the summary command; it writes no summary."""
+    from lapeval import cli
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _tiny_grid_yaml(tmp_path / "g.yaml", tiny_model_dir, random_mask(tmp_path / "m.safetensors"))
+    assert cli.main(["grid", str(cfg), "--shard", "0/2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["shard 0/2: 1 cell(s) run, 0 reused; no summary yet: once every shard has finished, run: "
+                   "lapeval grid --summary-only --output g"], out
+    assert not (tmp_path / "g" / "summary.md").exists()
+    assert cli.main(["grid", str(cfg), "--shard", "1/2"]) == 0
+    assert cli.main(["grid", "--summary-only", "--output", "g"]) == 0
+    assert (tmp_path / "g" / "summary.md").is_file()
+
+
+def test_no_output_path_leaves_the_output_folder(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Rows 1, 2, 10, 12 on the tiny model: a task named ``t/../../../../tmp/x`` reached through an innocent group
+    of an include_path, reporting a metric named ``../../../m<script>|x``, a 460-character composite
+    intervention and a lang_map pattern that matches nothing. Every file the grid writes is under its output
+    folder, each cell has its own samples (so the intervals are not [0, 0]), the markdown keeps the names as
+    text, the pattern gets one warning, and the summary rebuilds."""
+    from lapeval import cli
+    from lapeval.paths import tasks_path
+
+    inc = tmp_path / "inc"
+    inc.mkdir()
+    (inc / "innocent.yaml").write_text('group: innocent\ntask: ["t/../../../../tmp/x"]\nmetadata: {version: 1.0}\n')
+    (inc / "evil.yaml").write_text(
+        f"include: {tasks_path() / 'lss' / '_lss_template_yaml'}\ntask: \"t/../../../../tmp/x\"\ndataset_name: en\n"
+        "dataset_kwargs: {lapeval_lang: en}\nprocess_results: !function hostile_util.process\n"
+        'metric_list:\n  - metric: "../../../m<script>|x"\n    aggregation: mean\n    higher_is_better: true\n'
+        "metadata: {version: 1.0, lapeval_language: en}\n")
+    (inc / "hostile_util.py").write_text('def process(doc, results):\n    return {"../../../m<script>|x": float(results[0][0])}\n')
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    long = ";".join(f"scale:1.{i:04d}@en@0" for i in range(1, 27)) + ";set:p_max"
+    cfg = _tiny_grid_yaml(work / "g.yaml", tiny_model_dir, random_mask(tmp_path / "m.safetensors", per_lang=16,
+                          p_max_low=2.0, p_max_span=6.0), tasks=["innocent", "lss_en"], include_path=[str(inc)],
+                          interventions=["set:p_max", long], lang_map={"nomatch_*": "fr", "t/*": "en"})
+    before = {p for p in tmp_path.rglob("*")}
+    assert cli.main(["grid", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    new = {p for p in tmp_path.rglob("*")} - before
+    out = work / "g"
+    assert new and all(p == out or p.is_relative_to(out) for p in new), sorted(map(str, new - {out}))[:5]
+    assert [l for l in err.splitlines() if "warning" in l and "lang_map" in l] == [
+        "lapeval grid: warning: lang_map: 'nomatch_*' matches none of the evaluated tasks "
+        "(lss_en, t/../../../../tmp/x): check its spelling"]
+    cells = sorted((out / "cells").iterdir())
+    assert len(cells) == 3 and max(len(c.name.encode()) for c in cells) == 255 and (out / "cells" / "set=p_max__fr").is_dir()
+    for c in cells:
+        assert len(list(c.glob("samples_t_*~*.jsonl"))) == 1 and (c / "samples_lss_en.jsonl").is_file()
+    s = json.loads((out / "summary.json").read_text())
+    evil = [r for r in s["rows"] if r["task"].startswith("t/") and r["cell"] != "baseline"]
+    assert len(evil) == 2 and all(r["ci_low"] != r["ci_high"] for r in evil), evil
+    for md in ("summary.md", "leaderboard.md"):
+        text = (out / md).read_text()
+        assert "<script>" not in text and "m&lt;script&gt;\\|x" in text, md
+    assert cli.main(["grid", "--summary-only", "--output", "g"]) == 0

@@ -28,6 +28,7 @@ by ``lapeval grid CONFIG.yaml --summary-only``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 FLAGS = {
@@ -74,6 +75,7 @@ def _grid(args) -> int:
     from ..errors import InputFileError
     from ..grid.config import GridConfig
     from ..grid.run import run_grid
+    from ..grid.shard import parse_shard
 
     if args.summary_only:
         from ..grid.report import write_summary
@@ -90,5 +92,10 @@ def _grid(args) -> int:
     cfg = GridConfig.load(args.config, overrides)
     status = run_grid(cfg, log=lambda m: print(m, file=sys.stderr), shard=args.shard)
     ran = sum(v == "ran" for v in status.values())
+    shard = parse_shard(args.shard)
+    if shard is not None and not shard.leader:  # a job-array task writes no summary
+        print(f"shard {shard}: {ran} cell(s) run, {len(status) - ran} reused; no summary yet: once every shard has "
+              f"finished, run: lapeval grid --summary-only --output {shlex.quote(str(cfg.output))}")
+        return 0
     print(f"{Path(cfg.output) / 'summary.md'}  ({ran} cell(s) run, {len(status) - ran} reused)")
     return 0

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .._io import printable, safe_name
 from ..errors import LapevalError
 from ..intervention.operation import (
     InterventionError,
@@ -30,6 +31,7 @@ from ..intervention.operation import (
 )
 
 FORMAT = "lapeval.grid"
+CELL_NAME_MAX = 255  # bytes: every folder name a file system takes stays as it was
 NEEDS = "a grid needs model: (or models:) and tasks: (in the YAML file or as --model / --tasks)"
 
 
@@ -68,8 +70,9 @@ class Cell:
 
     @property
     def folder(self) -> str:
-        """The cell's folder: its id as a file name (``set=p_max__fr``; ``:`` is not allowed on Windows)."""
-        return file_name(self.id.replace("/", "__"))
+        """The cell's folder: its id as a file name (``set=p_max__fr``; ``:`` is not allowed on Windows); a
+        name too long for a file system (a long composite label) keeps a prefix and a hash (:func:`safe_name`)."""
+        return safe_name(file_name(self.id.replace("/", "__")), CELL_NAME_MAX)
 
 
 def spec_fields(spec: Spec | None) -> dict:
@@ -122,9 +125,7 @@ class ModelEntry:
         pretrained = d.get("pretrained", d.get("model"))
         if not pretrained or not isinstance(pretrained, str):
             raise GridError(f"models[{i}]: needs pretrained: (a known name, a local folder or a hub id)")
-        name = str(d.get("name") or Path(pretrained.rstrip("/")).name)
-        if file_name(name) != name or name in ("", ".", ".."):
-            raise GridError(f"models[{i}]: name {name!r}: use letters, digits and . _ - (it names a folder)")
+        name = check_model_name(str(d.get("name") or Path(pretrained.rstrip("/")).name), f"models[{i}]: ")
         args = d.get("model_args") or {}
         if isinstance(args, str):
             args = _parse_kv(args)
@@ -208,6 +209,8 @@ class GridConfig:
                             "neurons": e.neurons, "cost": e.cost} for e in entries]
         elif not self.model:
             raise GridError(NEEDS)
+        if self.name is not None:
+            self.name = check_model_name(str(self.name))
         if not self.tasks:
             raise GridError(NEEDS)
         if self.parallel not in ("cells", "requests"):
@@ -255,6 +258,10 @@ class GridConfig:
 
     def validate(self) -> None:
         from ..languages import normalize
+        from ..models import check_model
+
+        if self.model:
+            check_model(self.model, "model:")
 
         self.targets = [t.strip().lower() if t.strip().lower() == "self" else normalize(t) for t in self.targets]
         if self.models is not None:  # each model's own grid checks its mask (before anything loads)
@@ -314,7 +321,7 @@ class GridConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)
              if f.name not in ("models", "model", "model_args", "neurons", "name")}
         d.update(model=entry.pretrained, model_args=dict(entry.model_args), neurons=entry.neurons, name=entry.name,
-                 targets=list(self.targets) if entry.neurons else [], output=str(Path(self.output) / "models" / entry.name))
+                 targets=list(self.targets) if entry.neurons else [], output=str(Path(self.output) / "models" / safe_name(entry.name)))
         try:
             return GridConfig(**d)
         except GridError as e:
@@ -344,6 +351,19 @@ class GridConfig:
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
         d["interventions"] = [spec_fields(x) for x in self.interventions]
         return d
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def check_model_name(name, where: str = "") -> str:
+    """A model's ``name:`` (its folder ``models/<name>``, its leaderboard row), single- or multi-model alike:
+    ``name`` itself, or a one-line :class:`GridError` saying what is accepted."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        shown = repr(name) if len(str(name)) <= 60 else f"{str(name)[:60]!r}… ({len(str(name))} characters)"
+        raise GridError(f"{where}name {printable(shown)}: use 1 to 100 letters, digits and . _ - (not starting with "
+                        ". or -): it names a folder and a leaderboard row")
+    return name
 
 
 def _listify(x) -> list:

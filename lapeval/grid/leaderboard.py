@@ -26,6 +26,8 @@ import io
 import math
 from pathlib import Path
 
+from .._io import markdown_text as md
+from .._io import spreadsheet_safe
 from ..results import format_number
 from .bootstrap import finite_mean, mean_delta_interval
 
@@ -159,12 +161,12 @@ def _cell_text(v, col: str) -> str:
 
 def markdown(lb: dict, title: str = "Leaderboard") -> str:
     header, rows = table(lb)
-    L = [f"# {title}", "", lb["rule"] + ".", "", "| " + " | ".join(header) + " |",
+    L = [f"# {md(title)}", "", lb["rule"] + ".", "", "| " + " | ".join(md(h) for h in header) + " |",
          "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     for r in rows:
-        L.append("| " + " | ".join(_cell_text(v, h) for v, h in zip(r, header)) + " |")
+        L.append("| " + " | ".join(md(_cell_text(v, h)) for v, h in zip(r, header)) + " |")
     if lb["ties"]:
-        L += ["", "Ties: " + "; ".join(" = ".join(t) for t in lb["ties"]) + "."]
+        L += ["", "Ties: " + "; ".join(" = ".join(md(m) for m in t) for t in lb["ties"]) + "."]
     return "\n".join(L) + "\n"
 
 
@@ -175,7 +177,7 @@ def to_csv(lb: dict) -> str:
     flat = []
     for h in header:
         flat += [f"{h} low", f"{h} high"] if h.endswith("95% CI") else [h]
-    w.writerow(flat)
+    w.writerow([spreadsheet_safe(h) for h in flat])
     for r in rows:
         out = []
         for v, h in zip(r, header):
@@ -183,7 +185,7 @@ def to_csv(lb: dict) -> str:
                 out += list(v) if isinstance(v, list) and v else ["", ""]
             else:
                 out.append("" if v is None else v)
-        w.writerow(out)
+        w.writerow([spreadsheet_safe(v) for v in out])
     return buf.getvalue()
 
 

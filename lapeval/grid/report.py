@@ -22,10 +22,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
 from pathlib import Path
 
-from .._io import write_json, write_text
+from .._io import markdown_text as md
+from .._io import safe_name, spreadsheet_safe, write_json, write_text
+from ..errors import OutputError
 from ..results import GRID_SUMMARY_FORMAT as SUMMARY_FORMAT  # noqa: F401
 from ..results import (
     ResultsError,
@@ -210,10 +213,25 @@ def summarize(out: Path) -> dict:
 
 # ---- writing -------------------------------------------------------------------------------------
 def _slug(*parts: str) -> str:
-    """A figure's file name from its parts (intervention labels in their file-name form, ``set=p_max``)."""
+    """A figure's file name from its parts (intervention labels in their file-name form, ``set=p_max``), one
+    safe name (:func:`~lapeval._io.safe_name`: long or odd ones end in a hash; ordinary ones unchanged)."""
     from ..intervention.operation import file_name
 
-    return re.sub(r"[^A-Za-z0-9=@._~-]+", "_", file_name("_".join(parts))).strip("_")
+    return safe_name(re.sub(r"[^A-Za-z0-9=@._~-]+", "_", file_name("_".join(parts))).strip("_"), SLUG_MAX)
+
+
+SLUG_MAX = 200  # bytes: <slug>.png stays a file name
+
+
+def check_outputs(out) -> None:
+    """Before a summary is written (and before a grid computes anything): its ``heatmaps`` folder can be
+    made, i.e. is not a file nor a dangling symbolic link; a one-line :class:`OutputError` otherwise."""
+    figs = Path(out) / "heatmaps"
+    if figs.is_symlink() and not figs.exists():
+        raise OutputError(f"cannot write heatmaps into {figs}: it is a symbolic link to {os.readlink(figs)}, which "
+                          "does not exist; remove the link (or make its folder) and rerun")
+    if figs.exists() and not figs.is_dir():
+        raise OutputError(f"cannot write heatmaps into {figs}: it is a file, not a folder; move it away and rerun")
 
 
 def write_summary(output, log=print) -> dict:
@@ -237,6 +255,7 @@ def write_model_summary(out: Path, log=print) -> dict:
     from ..plot import heatmap
 
     out = Path(out)
+    check_outputs(out)  # first: nothing rewritten when the heatmaps cannot be
     s = summarize(out)
     write_json(out / "summary.json", s)
     buf = io.StringIO()
@@ -245,7 +264,7 @@ def write_model_summary(out: Path, log=print) -> dict:
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in s["rows"]:
-        w.writerow({k: r[k] for k in fields})
+        w.writerow({k: spreadsheet_safe(r[k]) for k in fields})
     write_text(out / "summary.csv", buf.getvalue())
 
     figs = out / "heatmaps"
@@ -286,29 +305,29 @@ def model_info(s: dict) -> dict:
 
 def _markdown(s: dict, images: list[Path]) -> str:
     cfg = s["config"]
-    L = [f"# Grid: {cfg['model']}", "",
+    L = [f"# Grid: {md(cfg['model'])}", "",
          f"mask `{cfg.get('neurons')}` (sha256 {str(s.get('neurons_sha256'))[:12]}…), limit {cfg.get('limit')}, "
-         f"{len(s['cells'])} cells, tasks: {', '.join(cfg['tasks'])}", ""]
+         f"{len(s['cells'])} cells, tasks: {', '.join(md(t) for t in cfg['tasks'])}", ""]
     if s["missing_cells"]:
-        L += [f"**Unfinished cells:** {', '.join(s['missing_cells'])}", ""]
+        L += [f"**Unfinished cells:** {', '.join(md(c) for c in s['missing_cells'])}", ""]
     L += ["## Baseline", "", "| task | metric | value | stderr |", "|---|---|---:|---:|"]
     for r in s["rows"]:
         if r["cell"] == "baseline":
-            L.append(f"| {r['task']} | {r['metric']},{r['filter']} | {format_number(r['value'])} | {format_number(r['stderr'])} |")
+            L.append(f"| {md(r['task'])} | {md(r['metric'])},{md(r['filter'])} | {format_number(r['value'])} | {format_number(r['stderr'])} |")
     L.append("")
     for op, l in s["lss"].items():
         src, tg = l["sources"], l["targets"]
-        L += [f"## LSS, {op}", "", "rows: target (amplified); columns: source (prompt) language; last column: mean over s ≠ t", "",
+        L += [f"## LSS, {md(op)}", "", "rows: target (amplified); columns: source (prompt) language; last column: mean over s ≠ t", "",
               "| target | " + " | ".join(src) + " | mean |", "|---|" + "---:|" * (len(src) + 1)]
         for t in tg:
             L.append(f"| {t} | " + " | ".join(format_number(l["matrix"][a].get(t), 3) if a != t else "·" for a in src)
                      + f" | {format_number(l['per_target'].get(t), 3)} |")
         L += ["", f"mean LSS over all s ≠ t: **{format_number(l['mean_off_diagonal'], 3)}**", ""]
     for t in s["tables"]:
-        L += [f"## {t['family']} · {t['metric']} ({t['filter']}) · {t['intervention']}", "",
+        L += [f"## {md(t['family'])} · {md(t['metric'])} ({md(t['filter'])}) · {md(t['intervention'])}", "",
               f"self-language (diagonal) mean Δ: **{format_number(t['self_mean_delta'])}** over {t['n_self']} cells; "
               f"cross-language mean Δ: **{format_number(t['cross_mean_delta'])}** over {t['n_cross']} cells", "",
-              "| target | " + " | ".join(t["columns"]) + " |", "|---|" + "---:|" * len(t["columns"]),
+              "| target | " + " | ".join(md(c) for c in t["columns"]) + " |", "|---|" + "---:|" * len(t["columns"]),
               "| *baseline* | " + " | ".join(format_number(v) for v in t["baseline"]) + " |"]
         for i, tg in enumerate(t["targets"]):
             cells = []
@@ -319,7 +338,7 @@ def _markdown(s: dict, images: list[Path]) -> str:
             L.append(f"| {tg} | " + " | ".join(cells) + " |")
         L += ["", "Δ = cell − baseline [paired-bootstrap 95 % interval]; bold = self-language.", ""]
         if "perplexity" in t["metric"]:
-            L += [f"{t['metric']} itself:", "", "| target | " + " | ".join(t["columns"]) + " |",
+            L += [f"{md(t['metric'])} itself:", "", "| target | " + " | ".join(md(c) for c in t["columns"]) + " |",
                   "|---|" + "---:|" * len(t["columns"]), "| *baseline* | " + " | ".join(format_number(v, 2) for v in t["baseline"]) + " |"]
             L += [f"| {tg} | " + " | ".join(format_number(v, 2) for v in t["values"][i]) + " |" for i, tg in enumerate(t["targets"])]
             L.append("")
@@ -341,10 +360,12 @@ def write_models_summary(out: Path, log=print) -> dict:
     out = Path(out)
     config = read_json(out / "grid.json", "grid file", "rerun lapeval grid")["config"]
     entries = {m["name"]: m for m in config["models"]}
+    for name in entries:  # first: nothing rewritten when some model's heatmaps cannot be
+        check_outputs(out / "models" / safe_name(name))
     summaries, missing = {}, {}
     for name in entries:
         try:
-            summaries[name] = write_model_summary(out / "models" / name, log=log)
+            summaries[name] = write_model_summary(out / "models" / safe_name(name), log=log)
         except ResultsError as err:
             missing[name] = str(err)
     boards = {name: s["leaderboard"]["models"][next(iter(s["leaderboard"]["models"]))] for name, s in summaries.items()}
@@ -357,14 +378,14 @@ def write_models_summary(out: Path, log=print) -> dict:
            "results": {f"{name}/{cid}": tasks for name, s in summaries.items() for cid, tasks in s["results"].items()},
            "leaderboard": lb}
     write_json(out / "summary.json", top)
-    images = {name: [(p.stem, p.read_bytes()) for p in sorted((out / "models" / name / "heatmaps").glob("*.png"))]
+    images = {name: [(p.stem, p.read_bytes()) for p in sorted((out / "models" / safe_name(name) / "heatmaps").glob("*.png"))]
               for name in summaries}
     title = f"Leaderboard: {len(summaries)} models"
     leaderboard.write(out, lb, {name: model_info(s) for name, s in summaries.items()}, images, title)
-    L = [f"# Grid: {', '.join(summaries)}", "", leaderboard.markdown(lb, "Leaderboard").split("\n", 2)[2], ""]
+    L = [f"# Grid: {', '.join(md(n) for n in summaries)}", "", leaderboard.markdown(lb, "Leaderboard").split("\n", 2)[2], ""]
     if missing:
-        L += ["**Not summarised (baseline unfinished):** " + "; ".join(f"{k}: {v}" for k, v in missing.items()), ""]
-    L += ["Per model: " + ", ".join(f"[{n}](models/{n}/summary.md)" for n in summaries), ""]
+        L += ["**Not summarised (baseline unfinished):** " + "; ".join(f"{md(k)}: {md(v)}" for k, v in missing.items()), ""]
+    L += ["Per model: " + ", ".join(f"[{md(n)}](models/{safe_name(n)}/summary.md)" for n in summaries), ""]
     write_text(out / "summary.md", "\n".join(L))
     log(f"grid summary: {out / 'summary.md'} ({len(summaries)} models; leaderboard.md, report.html)")
     return top

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
@@ -125,24 +126,117 @@ def run_grid(cfg: GridConfig, log=print, lm=None, shard=None) -> dict:
     lm-eval splits each cell's requests over the ranks (its own data parallelism)."""
     from .shard import Shard, barrier, current, partition
 
+    from .report import check_outputs
+
     sh = shard if isinstance(shard, Shard) else current(shard)
     by_requests = cfg.parallel == "requests"
-    if cfg.models is not None:
-        if lm is not None:
-            raise GridError("a multi-model grid loads each of its models itself: call run_grid without lm=")
-        status = _run_models(cfg, log, sh, by_requests)
-    else:
-        cells = cfg.cells()
-        ranks = [sh.index] * len(cells) if by_requests else partition([1.0] * len(cells), sh.count)
-        status = _run_cells(cfg, log, lm, {c.id for c, r in zip(cells, ranks) if r == sh.index}, sh if by_requests else None)
-    barrier(sh)
-    if sh.leader:
-        from .report import write_summary
+    if cfg.models is not None and lm is not None:
+        raise GridError("a multi-model grid loads each of its models itself: call run_grid without lm=")
+    subs = [cfg] if cfg.models is None else [cfg.for_model(e) for e in cfg.model_entries()]
+    for sub in subs:  # before anything is computed or written
+        check_outputs(sub.output)
+    if any(not finished(Path(sub.output), c, sub.cell_key(c, sub.mask.sha256() if sub.neurons else None))
+           for sub in subs for c in sub.cells()):
+        check_tasks(cfg)  # an unknown task: one line, and nothing written
+    with grid_lock(cfg):
+        if cfg.models is not None:
+            status = _run_models(cfg, log, sh, by_requests)
+        else:
+            cells = cfg.cells()
+            ranks = [sh.index] * len(cells) if by_requests else partition([1.0] * len(cells), sh.count)
+            status = _run_cells(cfg, log, lm, {c.id for c, r in zip(cells, ranks) if r == sh.index}, sh if by_requests else None)
+        barrier(sh)
+        if sh.leader:
+            from .report import write_summary
 
-        write_summary(Path(cfg.output), log=log)
-    elif not sh.distributed:
-        log(f"grid: shard {sh} done; once every shard has finished: lapeval grid --summary-only --output {cfg.output}")
+            write_summary(Path(cfg.output), log=log)
+        elif not sh.distributed:
+            log(f"grid: shard {sh} done; once every shard has finished: lapeval grid --summary-only --output {cfg.output}")
     return status
+
+
+LOCK = "grid.lock"
+
+
+@contextmanager
+def grid_lock(cfg: GridConfig):
+    """Hold the output folder for this grid while it runs. The processes of one grid (torchrun ranks, job-array
+    shards) share it; another grid started on the folder meanwhile is refused in one line (the two would
+    overwrite each other's grid.json and summary). ``grid.lock`` says which grid holds it; the lock itself is
+    the kernel's (``flock``), released when the process ends, however it ends."""
+    import fcntl
+    import hashlib
+    import os
+    import socket
+
+    from .._io import output_error
+
+    me = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cfg.output) / LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+", encoding="utf-8")
+    except OSError as e:
+        raise output_error(path, e, "the grid's lock file") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: by this grid's other processes, or by another grid
+            pass
+        except OSError as e:  # a file system without locks (some network ones): run as before, and say so
+            import warnings
+
+            from ..errors import LapevalWarning
+
+            warnings.warn(f"cannot lock {path} ({e.strerror or e}): a second grid started on {cfg.output} meanwhile "
+                          "would not be refused", LapevalWarning)
+            yield
+            return
+        else:  # alone: say which grid runs here
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"grid": me, "host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+            fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_SH)  # waits only while a starting process writes; then re-read
+        fh.seek(0)
+        try:
+            holder = json.loads(fh.read() or "{}")
+        except ValueError:
+            holder = {}
+        if holder.get("grid") != me:
+            raise GridError(f"another grid is running in {cfg.output} (process {holder.get('pid', '?')} on "
+                            f"{holder.get('host', '?')}, with another configuration): wait until it has finished, "
+                            "or give this grid its own output folder")
+        yield
+
+
+def check_tasks(cfg: GridConfig) -> None:
+    """Every task of the grid is one lm-eval knows (lapeval's, ``include_path``'s, its own; an ``lss_<s>`` is
+    built on demand), from the task index alone: a one-line :class:`GridError` before anything is written."""
+    from .._io import printable
+    from ..lss.tasks import lss_source
+    from ..paths import tasks_path
+
+    include = [str(tasks_path()), *cfg.include_path]
+    unknown = [t for t in cfg.tasks if t not in task_manager(include, False).all_tasks and not lss_source(t)]
+    if unknown:
+        unknown = [t for t in unknown if t not in task_manager(include, defaults=True).all_tasks]
+    if unknown:
+        raise GridError(f"unknown task(s) {printable(', '.join(unknown))}: see `lapeval eval ls tasks` (or add "
+                        "include_path:)")
+
+
+def warn_unmatched_lang_map(cfg: GridConfig, task_names) -> None:
+    """A one-line warning for each ``lang_map`` pattern that names none of the grid's evaluated tasks."""
+    import warnings
+
+    from .._io import printable
+    from ..errors import LapevalWarning
+    from ..languages import LangMap
+
+    for pattern in LangMap.parse(cfg.lang_map).unmatched(task_names):
+        warnings.warn(f"lang_map: {printable(pattern)!r} matches none of the evaluated tasks "
+                      f"({printable(', '.join(sorted(task_names)))}): check its spelling", LapevalWarning, stacklevel=2)
 
 
 def _run_models(cfg: GridConfig, log, sh, by_requests: bool) -> dict:
@@ -150,7 +244,7 @@ def _run_models(cfg: GridConfig, log, sh, by_requests: bool) -> dict:
     before the next loads (peak memory: one model; logged per model)."""
     import gc
 
-    from .._io import write_json
+    from .._io import safe_name, write_json
     from .shard import partition
 
     subs = [(e, cfg.for_model(e)) for e in cfg.model_entries()]
@@ -158,7 +252,7 @@ def _run_models(cfg: GridConfig, log, sh, by_requests: bool) -> dict:
     ranks = [sh.index] * len(items) if by_requests else partition([subs[i][0].cost for i, _ in items], sh.count)
     write_json(Path(cfg.output) / "grid.json", {
         "format": FORMAT, "lapeval_version": __version__, "config": cfg.to_dict(),
-        "models": [{"name": e.name, "folder": f"models/{e.name}", "cells": [c.id for c in sub.cells()]} for e, sub in subs],
+        "models": [{"name": e.name, "folder": f"models/{safe_name(e.name)}", "cells": [c.id for c in sub.cells()]} for e, sub in subs],
         "ranks": None if by_requests else {"count": sh.count, "cells": [f"{subs[i][0].name}/{c.id}:{r}" for (i, c), r in zip(items, ranks)]}})
     status: dict = {}
     for i, (e, sub) in enumerate(subs):
@@ -189,11 +283,13 @@ def _run_cells(cfg: GridConfig, log, lm, only: set[str], requests_shard=None) ->
     cells = cfg.cells()
     mask_sha = cfg.mask.sha256() if cfg.neurons else None
     keys = {c.id: cfg.cell_key(c, mask_sha) for c in cells}
+    todo = [c for c in cells if c.id in only and not finished(out, c, keys[c.id])]
+    status = {c.id: "reused" for c in cells if c.id in only and c not in todo}
+    started = time.time()
+    loaded = load_tasks(cfg) if todo else None  # first: tasks that do not load leave no grid.json
     write_json(out / "grid.json", {"format": FORMAT, "lapeval_version": __version__, "config": cfg.to_dict(),
                                    "neurons_sha256": mask_sha,
                                    "cells": [{"id": c.id, "folder": c.folder, **c.key_fields(), "key": keys[c.id]} for c in cells]})
-    todo = [c for c in cells if c.id in only and not finished(out, c, keys[c.id])]
-    status = {c.id: "reused" for c in cells if c.id in only and c not in todo}
     if requests_shard is not None:
         from .shard import barrier
 
@@ -201,8 +297,8 @@ def _run_cells(cfg: GridConfig, log, lm, only: set[str], requests_shard=None) ->
     if status:
         log(f"grid: {len(status)} finished cell(s) reused, {len(todo)} to run")
     if todo:
-        started = time.time()
-        loaded = load_tasks(cfg)  # first: a bad task name fails before the model loads
+        if cfg.lang_map:
+            warn_unmatched_lang_map(cfg, list(loaded["tasks"]))
         if lm is None:
             from ..lm import LapeLM
 
@@ -314,6 +410,7 @@ def _run_cell(cfg: GridConfig, lm, loaded, cell: Cell, key: str, out: Path) -> N
     from lm_eval.utils import handle_non_serializable
 
     from .._io import atomic_path
+    from ..results import samples_path
 
     if cell.target is None:
         lm.clear_intervention()
@@ -341,7 +438,7 @@ def _run_cell(cfg: GridConfig, lm, loaded, cell: Cell, key: str, out: Path) -> N
     folder = out / "cells" / cell.folder
     folder.mkdir(parents=True, exist_ok=True)
     for task, rows in samples.items():
-        with atomic_path(folder / f"samples_{task}.jsonl") as tmp:
+        with atomic_path(samples_path(folder, task)) as tmp:
             with open(tmp, "w", encoding="utf-8") as fh:
                 for r in rows:
                     fh.write(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n")

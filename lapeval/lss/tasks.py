@@ -86,6 +86,10 @@ def check_sources(sources: Sequence[str], facts: str | None = None) -> None:
             raise UsageError(f"no lss task for {', '.join(missing)}: the facts folder {folder} has no "
                              f"{missing[0]}/test.jsonl (it has {', '.join(sorted(have)) or 'no language'}); "
                              f"add the facts there, or drop the language")
+        from ..taskdata import check_facts
+
+        for s in sources:  # every row readable (one line naming file and row), before anything loads
+            check_facts(folder, s)
         return
     known = lss_sources()
     missing = [s for s in sources if s not in known]
