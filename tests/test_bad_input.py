@@ -609,9 +609,8 @@ def test_facts_empty_objects_and_repeats_are_left_out_with_one_warning(tmp_path,
     rows[2]["obj_en"] = ""
     _facts(tmp_path / "facts", _jsonl([*rows, {**rows[1], "id": 99}]))
     monkeypatch.chdir(tmp_path)
-    from lapeval.lss.tasks import check_sources
-
     from lapeval.errors import LapevalWarning
+    from lapeval.lss.tasks import check_sources
 
     with pytest.warns(LapevalWarning) as got:
         check_sources(["en"], "facts")

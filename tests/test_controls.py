@@ -206,3 +206,39 @@ def test_search_factor_with_controls(tmp_path, tiny_model_dir):
     assert noop["lss"] == 0 and noop["controls"] == [0, 0] and noop["real_minus_control"] == 0
     o = doc["effects"]["set:p_max"]["overall"]
     assert o["lss"] == pytest.approx(doc["overall"]["set:p_max"]) and len(o["controls"]) == 2
+
+
+def test_grid_controls_cells_keys_and_leaderboard(tmp_path, tiny_model_dir, monkeypatch):
+    """controls: 2 adds each (intervention, target) cell on two control masks, keyed apart and leaving the real
+    cells' keys as a grid without controls has them; the summary pairs each intervention with its controls and
+    the leaderboard scores LSS − controls (a no-op: 0 and 0)."""
+    from lapeval.grid.config import GridConfig
+    from lapeval.grid.run import run_grid
+    from lapeval.paths import FACTS_DIR
+
+    monkeypatch.setenv("LAPEVAL_MLAMA_DIR", str(FACTS_DIR))
+    mask = random_mask(tmp_path / "m.safetensors", seed=3, per_lang=16, p_max_low=2.0, p_max_span=6.0)
+    base = dict(model=str(tiny_model_dir), neurons=str(mask), targets=["en", "fr"], tasks=["lss_en", "lss_fr"],
+                limit=3, batch_size=4, device="cpu", bootstrap_iters=0, ci_resamples=20,
+                interventions=["set:p_max", "scale:1"], model_args={"max_length": 256})
+    plain = GridConfig.from_dict({**base, "output": str(tmp_path / "plain")})
+    cfg = GridConfig.from_dict({**base, "output": str(tmp_path / "g"), "controls": 2})
+    cells = cfg.cells()
+    assert len(cells) == 1 + 4 + 8 and cells[:5] == plain.cells()
+    ids = [c.id for c in cells]
+    assert "control1:set:p_max/fr" in ids and cells[-1].folder == "control1=scale=1__fr"
+    sha = cfg.mask.sha256()
+    assert [cfg.cell_key(c, sha) for c in cells[:5]] == [plain.cell_key(c, sha) for c in plain.cells()]
+    assert len({cfg.cell_key(c, sha) for c in cells}) == len(cells)
+    assert "controls" not in plain.to_dict() and cfg.to_dict()["controls"] == 2
+    run_grid(cfg, log=lambda m: None)
+    s = json.loads((tmp_path / "g" / "summary.json").read_text())
+    board = next(iter(s["leaderboard"]["models"].values()))
+    assert board["interventions"] == ["set:p_max", "scale:1"]
+    assert board["lss"]["scale:1"] == 0 and board["lss_control"]["scale:1"] == 0
+    ctrl = [s["lss"][f"control{k}:set:p_max"]["mean_off_diagonal"] for k in range(2)]
+    assert board["lss_control"]["set:p_max"] == pytest.approx(sum(ctrl) / 2)
+    assert board["best"]["score"] == pytest.approx(max(board["lss"]["set:p_max"] - board["lss_control"]["set:p_max"], 0))
+    assert "controls' LSS" in (tmp_path / "g" / "leaderboard.md").read_text()
+    rec = json.loads((tmp_path / "g" / "cells" / "control0=set=p_max__en" / "results.json").read_text())
+    assert rec["config"]["model_args"]["control_seed"] == 0 and rec["lapeval_grid"]["control"] == 0

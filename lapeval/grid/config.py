@@ -46,12 +46,16 @@ class Cell:
 
     target: str | None = None
     spec: Spec | None = None
+    control: int | None = None  # the seed of the random-neuron control mask the cell runs on (grid key controls:)
 
     @property
     def op(self) -> str:
         """The intervention without its target, in the one label of :mod:`lapeval.intervention.operation`:
-        ``set:p_max``, ``zero``, ``scale:2@0-5``, ``zero@en;set:p_max;scope:generation``."""
-        return "baseline" if self.target is None else self.spec.label
+        ``set:p_max``, ``zero``, ``scale:2@0-5``, ``zero@en;set:p_max;scope:generation``; on a control mask
+        prefixed ``control<seed>:`` (``control0:set:p_max``)."""
+        if self.target is None:
+            return "baseline"
+        return (f"{CONTROL}{self.control}:" if self.control is not None else "") + self.spec.label
 
     @property
     def per_request(self) -> bool:
@@ -62,7 +66,8 @@ class Cell:
         """The cell in its key and in ``grid.json`` (frozen spellings, see the module docstring)."""
         fields_ = spec_fields(self.spec)
         return {"target": self.target, "mode": fields_.get("mode"), "value": fields_.get("value"),
-                "layers": fields_.get("layers"), **({"ops": fields_["ops"]} if "ops" in fields_ else {})}
+                "layers": fields_.get("layers"), **({"ops": fields_["ops"]} if "ops" in fields_ else {}),
+                **({"control": self.control} if self.control is not None else {})}
 
     @property
     def id(self) -> str:
@@ -73,6 +78,18 @@ class Cell:
         """The cell's folder: its id as a file name (``set=p_max__fr``; ``:`` is not allowed on Windows); a
         name too long for a file system (a long composite label) keeps a prefix and a hash (:func:`safe_name`)."""
         return safe_name(file_name(self.id.replace("/", "__")), CELL_NAME_MAX)
+
+
+CONTROL = "control"
+
+
+def control_of(op: str) -> tuple[int, str] | None:
+    """(seed, real intervention label) of a control cell's intervention label (``control2:set:p_max`` →
+    (2, ``set:p_max``)); None for any other label."""
+    head, sep, rest = str(op).partition(":")
+    if sep and head.startswith(CONTROL) and head[len(CONTROL):].isdigit():
+        return int(head[len(CONTROL):]), rest
+    return None
 
 
 def spec_fields(spec: Spec | None) -> dict:
@@ -167,6 +184,8 @@ class GridConfig:
     models: list | None = None
     name: str | None = None  # the model's name in folders and leaderboards (default: model)
     parallel: str = "cells"  # cells: ranks split the cells | requests: lm-eval's data parallelism inside a cell
+    controls: int = 0  # K random-neuron controls (seeds 0..K-1) beside every (intervention, target) cell
+    control_stats: str | None = None  # the mask's STATS: controls matched on activation frequency
 
     def __post_init__(self) -> None:
         """Normalise and validate, whether built from YAML, from flags or directly in Python."""
@@ -216,7 +235,7 @@ class GridConfig:
         if self.parallel not in ("cells", "requests"):
             raise GridError(f"parallel: {self.parallel!r}: use cells (ranks split the cells) or requests "
                             "(lm-eval's data parallelism inside each cell)")
-        for key in ("batch_size", "bootstrap_iters", "ci_resamples", "seed"):
+        for key in ("batch_size", "bootstrap_iters", "ci_resamples", "seed", "controls"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise GridError(f"{key}: {v!r} is not an integer")
@@ -270,6 +289,11 @@ class GridConfig:
             return
         if self.targets and not self.neurons:
             raise GridError("targets: given without neurons: (the mask file whose languages are amplified)")
+        if self.controls < 0 or (self.controls and not self.neurons):
+            raise GridError(f"controls: {self.controls}: give a number of random-neuron controls (0 for none) and "
+                            "neurons: (the mask they are drawn from)")
+        if self.control_stats and not self.controls:
+            raise GridError("control_stats: given without controls: K")
         if self.neurons:
             from ..intervention.setting import check_spec
             from ..masks import MaskError
@@ -283,6 +307,11 @@ class GridConfig:
                     check_spec(spec, mask, self.targets)
                 except (MaskError, InterventionError) as e:
                     raise GridError(f"intervention {spec.label!r}: {e}") from None
+            for k in range(self.controls):  # drawn (and their statistics checked) before anything loads
+                try:
+                    self.cell_mask(Cell(None, None, k))
+                except LapevalError as e:
+                    raise GridError(f"controls: {e}") from None
 
         from ..models import check_device
 
@@ -320,6 +349,9 @@ class GridConfig:
         (none for a model without a mask: baseline only), interventions and tasks."""
         d = {f.name: getattr(self, f.name) for f in fields(self)
              if f.name not in ("models", "model", "model_args", "neurons", "name")}
+        if self.control_stats:
+            raise GridError("control_stats: the statistics of one model; with models:, draw controls without them")
+        d.update(controls=self.controls if entry.neurons else 0)
         d.update(model=entry.pretrained, model_args=dict(entry.model_args), neurons=entry.neurons, name=entry.name,
                  targets=list(self.targets) if entry.neurons else [], output=str(Path(self.output) / "models" / safe_name(entry.name)))
         try:
@@ -329,7 +361,22 @@ class GridConfig:
 
     # ---- cells ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
-        return [Cell(), *(Cell(t, spec) for spec in self.interventions for t in self.targets)]
+        """The baseline, every (intervention, target) cell, then (``controls: K``) the same cells on each of the
+        K control masks."""
+        real = [Cell(t, spec) for spec in self.interventions for t in self.targets]
+        return [Cell(), *real, *(Cell(c.target, c.spec, k) for k in range(self.controls) for c in real)]
+
+    def cell_mask(self, cell: Cell):
+        """The mask a cell's intervention acts on: the grid's, or its control of seed ``cell.control`` (drawn
+        once per process, :func:`lapeval.control_mask`)."""
+        if cell.control is None:
+            return self.mask
+        from ..identification.controls import control_mask
+
+        key = (id(self.mask), cell.control, self.control_stats)
+        if key not in _CONTROLS:
+            _CONTROLS[key] = control_mask(self.mask, seed=cell.control, stats=self.control_stats)
+        return _CONTROLS[key]
 
     @property
     def mask(self):
@@ -344,12 +391,18 @@ class GridConfig:
              "bootstrap_iters": self.bootstrap_iters, "cell": cell.key_fields(),
              "neurons_sha256": mask_sha if cell.target else None, "facts": self.facts,
              "scoring": 2}  # 2: LSS tasks in a call of their own (split_lss)
+        if cell.control is not None:  # the control is drawn from the mask with this seed (and these statistics)
+            from .._io import sha256_file
+
+            k["control_stats_sha256"] = sha256_file(self.control_stats) if self.control_stats else None
         return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         """The configuration as ``grid.json`` records it (interventions in their :func:`spec_fields` form)."""
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
         d["interventions"] = [spec_fields(x) for x in self.interventions]
+        if not self.controls:  # grids without controls keep the grid.json they always had
+            del d["controls"], d["control_stats"]
         return d
 
 
@@ -410,6 +463,7 @@ def _parse_intervention(x) -> Spec:
 
 
 _MASKS: dict[tuple, object] = {}
+_CONTROLS: dict[tuple, object] = {}
 
 
 def load_mask(path):

@@ -60,8 +60,12 @@ def primary_metrics(rows: list[dict]) -> dict[str, tuple[str, str]]:
 def model_board(summary: dict, pairs: dict, higher: dict) -> dict:
     """One model's leaderboard entry from its grid summary; ``pairs``: ``{(cell, task, metric, filter):
     bootstrap replicates of Δ}``; ``higher``: ``{task: {metric: higher_is_better}}`` from lm-eval's results."""
+    from .config import control_of
+
     rows = summary["rows"]
-    ops = list(dict.fromkeys(r["intervention"] for r in rows if r["cell"] != "baseline"))
+    every = list(dict.fromkeys(r["intervention"] for r in rows if r["cell"] != "baseline"))
+    ops = [op for op in every if control_of(op) is None]  # real interventions; their controls are paired below
+    controls = {op: [c for c in every if (k := control_of(c)) and k[1] == op] for op in ops}
     families = {}
     for fam, (metric, filt) in primary_metrics(rows).items():
         sel = [r for r in rows if r["family"] == fam and r["metric"] == metric and r["filter"] == filt]
@@ -75,24 +79,41 @@ def model_board(summary: dict, pairs: dict, higher: dict) -> dict:
                 part = [r for r in sel if r["intervention"] == op and r["self"] is flag and r["delta"] is not None]
                 lo, hi = mean_delta_interval([pairs[k] for r in part if (k := (r["cell"], r["task"], metric, filt)) in pairs])
                 per[side] = {"delta": finite_mean([r["delta"] for r in part]), "ci": [_num(lo), _num(hi)], "n": len(part)}
+                if controls[op]:  # the same cells on random-neuron controls: their mean Δ, and real − control
+                    ctrl = finite_mean([finite_mean([r["delta"] for r in sel if r["intervention"] == c and r["self"] is flag
+                                                     and r["delta"] is not None]) for c in controls[op]])
+                    per[side]["control_delta"] = ctrl
+                    per[side]["minus_control"] = (None if ctrl is None or per[side]["delta"] is None
+                                                  else per[side]["delta"] - ctrl)
             entry["interventions"][op] = per
         families[fam] = entry
-    lss = {op: _num(v.get("mean_off_diagonal")) for op, v in summary.get("lss", {}).items()}
+    all_lss = {op: _num(v.get("mean_off_diagonal")) for op, v in summary.get("lss", {}).items()}
+    lss = {op: v for op, v in all_lss.items() if control_of(op) is None}
+    lss_control = {op: finite_mean([all_lss.get(c) for c in controls.get(op, [])]) for op in lss if controls.get(op)}
     best = None
     if lss and any(v is not None for v in lss.values()):
-        score = {op: v for op, v in lss.items() if v is not None}
-        by = "mean off-diagonal LSS"
+        if lss_control:  # LSS is a sign test (disruption alone scores ~0.5): rank by what the controls do not reach
+            score = {op: v - lss_control[op] for op, v in lss.items() if v is not None and lss_control.get(op) is not None}
+            by = "mean off-diagonal LSS − its random-neuron controls' mean"
+        else:
+            score = {op: v for op, v in lss.items() if v is not None}
+            by = "mean off-diagonal LSS"
     elif families and ops:
         fam, e = next(iter(families.items()))
         sign = 1.0 if e["higher_is_better"] else -1.0
-        score = {op: sign * d for op in ops if (d := e["interventions"][op]["self"]["delta"]) is not None}
-        by = f"self-language Δ {e['metric']} on {fam}" + ("" if e["higher_is_better"] else " (lower is better: sign flipped)")
+        key = "minus_control" if any(controls.values()) else "delta"
+        score = {op: sign * d for op in ops if (d := e["interventions"][op]["self"].get(key)) is not None}
+        by = (f"self-language Δ {e['metric']} on {fam}" + (" − its controls' Δ" if key == "minus_control" else "")
+              + ("" if e["higher_is_better"] else " (lower is better: sign flipped)"))
     else:
         score, by = {}, "none (baseline only)"
     if score:
         op = max(score, key=lambda k: (score[k], -ops.index(k) if k in ops else 0))  # ties: the earlier one
         best = {"intervention": op, "score": score[op], "by": by}
-    return {"families": families, "lss": lss, "best": best, "interventions": ops}
+    out = {"families": families, "lss": lss, "best": best, "interventions": ops}
+    if lss_control:
+        out["lss_control"] = lss_control
+    return out
 
 
 def rank(boards: dict[str, dict]) -> list[dict]:
@@ -117,7 +138,8 @@ def build(boards: dict[str, dict]) -> dict:
     """The leaderboard section of a summary: per-model entries and the ranking."""
     ranking = rank(boards)
     return {"rule": "ranked by the best intervention's score (mean off-diagonal LSS when the grid scores LSS, "
-                    "else the self-language Δ of the first family); scores equal to "
+                    "else the self-language Δ of the first family; with controls: minus the same for its "
+                    "random-neuron controls); scores equal to "
                     f"{TIE_DIGITS} decimals share a rank",
             "ranking": ranking, "models": boards,
             "ties": [list(t) for t in dict.fromkeys(tuple(sorted([e["model"], *e["tie_with"]]))
@@ -135,6 +157,9 @@ def table(lb: dict) -> tuple[list[str], list[list]]:
         m = metric[f]["metric"]
         header += [f"{f} {m} baseline", f"{f} {m} self Δ", f"{f} self 95% CI", f"{f} {m} cross Δ", f"{f} cross 95% CI"]
     header.append("mean off-diagonal LSS")
+    with_controls = any(b.get("lss_control") for b in lb["models"].values())
+    if with_controls:
+        header += ["controls' LSS", "LSS − controls"]
     rows = []
     for e in lb["ranking"]:
         b = lb["models"][e["model"]]
@@ -147,6 +172,10 @@ def table(lb: dict) -> tuple[list[str], list[list]]:
             s, c = iv.get("self", {}), iv.get("cross", {})
             row += [None if fe is None else fe["baseline"], s.get("delta"), s.get("ci"), c.get("delta"), c.get("ci")]
         row.append(b["lss"].get(op) if op else None)
+        if with_controls:
+            ctrl = b.get("lss_control", {}).get(op) if op else None
+            real = b["lss"].get(op) if op else None
+            row += [ctrl, None if ctrl is None or real is None else real - ctrl]
         rows.append(row)
     return header, rows
 

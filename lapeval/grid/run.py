@@ -124,9 +124,8 @@ def run_grid(cfg: GridConfig, log=print, lm=None, shard=None) -> dict:
     launch`` this process's rank (cells partitioned by :func:`lapeval.grid.shard.partition`, the summary written
     by rank 0 after a barrier), else every cell. With ``parallel: requests`` every rank runs every cell and
     lm-eval splits each cell's requests over the ranks (its own data parallelism)."""
-    from .shard import Shard, barrier, current, partition
-
     from .report import check_outputs
+    from .shard import Shard, barrier, current, partition
 
     sh = shard if isinstance(shard, Shard) else current(shard)
     by_requests = cfg.parallel == "requests"
@@ -343,13 +342,15 @@ def _rank_device(device: str) -> str:
 
 def _setting(cfg: GridConfig, cell: Cell) -> dict:
     """The cell's ``set_intervention`` keywords: the grid's loaded mask and the cell's Spec, as they are."""
-    return {"neurons": cfg.mask, "lang": cell.target, "ops": cell.spec}
+    return {"neurons": cfg.cell_mask(cell), "lang": cell.target, "ops": cell.spec}
 
 
 def _recorded(cfg: GridConfig, cell: Cell) -> dict:
     """The cell's intervention as ``config.model_args`` of its results records it (the ``lape`` arguments that
     reproduce it: the mask path, the target, ``mode``/``value``/``layers`` or ``ops``)."""
     d = {"neurons": cfg.neurons, "lang": cell.target, **spec_fields(cell.spec)}
+    if cell.control is not None:  # reproduce with lapeval masks control NEURONS --seed K (--stats STATS)
+        d.update(control_seed=cell.control, control_stats=cfg.control_stats)
     return {k: v for k, v in d.items() if v is not None}
 
 
