@@ -206,3 +206,28 @@ def test_vectors_and_controls_on_the_real_model(tmp_path, real_model_dir):
     o = res["effects"]["overall"]
     assert o["of"] == 2 and o["controls"] == [res["controls"][0]["mean_off_diagonal"]]
     assert o["control_mean"] is not None and 0 <= o["lss"] <= 1
+
+
+def test_grid_with_vectors(vec_file, tiny_model_dir, tmp_path, monkeypatch):
+    """grid vectors: steers every cell with α · v_t: add:0 gives LSS exactly 0 (the paired baseline), the cells
+    record the vectors, keys name the vectors' sha256; a non-add intervention is refused before anything loads."""
+    import json
+
+    from lapeval.grid.config import GridConfig, GridError
+    from lapeval.grid.run import run_grid
+    from lapeval.paths import FACTS_DIR
+
+    monkeypatch.setenv("LAPEVAL_MLAMA_DIR", str(FACTS_DIR))
+    base = dict(model=str(tiny_model_dir), vectors=str(vec_file), targets=["fr"], tasks=["lss_en", "lss_ja"], limit=3,
+                batch_size=4, device="cpu", bootstrap_iters=0, ci_resamples=20, model_args={"max_length": 256})
+    cfg = GridConfig.from_dict({**base, "output": str(tmp_path / "g"), "interventions": ["add:0", "add:6@1"]})
+    assert cfg.to_dict()["vectors"] == str(vec_file)
+    status = run_grid(cfg, log=lambda m: None)
+    assert set(status) == {"baseline", "add:0/fr", "add:6@1/fr"}
+    s = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert s["lss"]["add:0"]["mean_off_diagonal"] == 0
+    rec = json.loads((tmp_path / "g" / "cells" / "add=6@1__fr" / "results.json").read_text())
+    assert rec["config"]["model_args"]["vectors"] == str(vec_file)
+    assert rec["config"]["lape"]["intervention"]["vectors_sha256"] == hashlib.sha256(vec_file.read_bytes()).hexdigest()
+    with pytest.raises(GridError, match="adds α"):
+        GridConfig.from_dict({**base, "output": str(tmp_path / "h"), "interventions": ["set:p_max"]})

@@ -186,6 +186,7 @@ class GridConfig:
     parallel: str = "cells"  # cells: ranks split the cells | requests: lm-eval's data parallelism inside a cell
     controls: int = 0  # K random-neuron controls (seeds 0..K-1) beside every (intervention, target) cell
     control_stats: str | None = None  # the mask's STATS: controls matched on activation frequency
+    vectors: str | None = None  # residual DiffMean vectors (lapeval vectors): add:α terms act on them
 
     def __post_init__(self) -> None:
         """Normalise and validate, whether built from YAML, from flags or directly in Python."""
@@ -287,8 +288,11 @@ class GridConfig:
             for e in self.model_entries():
                 self.for_model(e)
             return
-        if self.targets and not self.neurons:
-            raise GridError("targets: given without neurons: (the mask file whose languages are amplified)")
+        if self.targets and not self.neurons and not self.vectors:
+            raise GridError("targets: given without neurons: (the mask file whose languages are amplified) or "
+                            "vectors: (residual DiffMean vectors)")
+        if self.vectors:
+            self._check_vectors()
         if self.controls < 0 or (self.controls and not self.neurons):
             raise GridError(f"controls: {self.controls}: give a number of random-neuron controls (0 for none) and "
                             "neurons: (the mask they are drawn from)")
@@ -349,8 +353,9 @@ class GridConfig:
         (none for a model without a mask: baseline only), interventions and tasks."""
         d = {f.name: getattr(self, f.name) for f in fields(self)
              if f.name not in ("models", "model", "model_args", "neurons", "name")}
-        if self.control_stats:
-            raise GridError("control_stats: the statistics of one model; with models:, draw controls without them")
+        if self.control_stats or self.vectors:
+            raise GridError("control_stats: / vectors: belong to one model; with models:, give them per model "
+                            "(run one grid per model) or leave them out")
         d.update(controls=self.controls if entry.neurons else 0)
         d.update(model=entry.pretrained, model_args=dict(entry.model_args), neurons=entry.neurons, name=entry.name,
                  targets=list(self.targets) if entry.neurons else [], output=str(Path(self.output) / "models" / safe_name(entry.name)))
@@ -365,6 +370,33 @@ class GridConfig:
         K control masks."""
         real = [Cell(t, spec) for spec in self.interventions for t in self.targets]
         return [Cell(), *real, *(Cell(c.target, c.spec, k) for k in range(self.controls) for c in real)]
+
+    @property
+    def vector_set(self):
+        """The grid's :class:`~lapeval.vectors.ResidualVectors` (None without ``vectors:``), read once."""
+        if not self.vectors:
+            return None
+        if self.vectors not in _VECTORS:
+            from ..vectors import ResidualVectors
+
+            _VECTORS[self.vectors] = ResidualVectors.load(Path(self.vectors).expanduser())
+        return _VECTORS[self.vectors]
+
+    def _check_vectors(self) -> None:
+        """Every target is a language of the vectors and every intervention a valid vector steering (``add:α``,
+        or ``vec:add:α`` terms beside a mask), before anything loads."""
+        from ..intervention.setting import build_setting
+
+        try:
+            vecs = self.vector_set
+            for t in self.targets:
+                if t != "self":
+                    vecs.code(t)
+            lang = next((t for t in self.targets if t != "self"), vecs.languages[0])
+            for spec in self.interventions:
+                build_setting(self.mask, lang, None, None, None, ops=spec, vectors=vecs)
+        except LapevalError as e:
+            raise GridError(f"vectors: {e}") from None
 
     def cell_mask(self, cell: Cell):
         """The mask a cell's intervention acts on: the grid's, or its control of seed ``cell.control`` (drawn
@@ -391,6 +423,8 @@ class GridConfig:
              "bootstrap_iters": self.bootstrap_iters, "cell": cell.key_fields(),
              "neurons_sha256": mask_sha if cell.target else None, "facts": self.facts,
              "scoring": 2}  # 2: LSS tasks in a call of their own (split_lss)
+        if self.vectors:  # grids without vectors keep the keys they always had
+            k["vectors_sha256"] = self.vector_set.sha256() if cell.target else None
         if cell.control is not None:  # the control is drawn from the mask with this seed (and these statistics)
             from .._io import sha256_file
 
@@ -401,8 +435,10 @@ class GridConfig:
         """The configuration as ``grid.json`` records it (interventions in their :func:`spec_fields` form)."""
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
         d["interventions"] = [spec_fields(x) for x in self.interventions]
-        if not self.controls:  # grids without controls keep the grid.json they always had
+        if not self.controls:  # grids without controls (or vectors) keep the grid.json they always had
             del d["controls"], d["control_stats"]
+        if not self.vectors:
+            del d["vectors"]
         return d
 
 
@@ -464,6 +500,7 @@ def _parse_intervention(x) -> Spec:
 
 _MASKS: dict[tuple, object] = {}
 _CONTROLS: dict[tuple, object] = {}
+_VECTORS: dict[str, object] = {}
 
 
 def load_mask(path):

@@ -307,6 +307,10 @@ def _run_cells(cfg: GridConfig, log, lm, only: set[str], requests_shard=None) ->
                 # ranks split the cells: each evaluates its own cells alone (HFLM joined accelerate's group
                 # on GPUs and would otherwise split every cell's requests with ranks running other cells)
                 lm._rank, lm._world_size = 0, 1
+        if cfg.vectors and any(c.target is not None for c in todo):
+            from ..sites import hidden_size_of
+
+            cfg.vector_set.check_model(len(lm.sites), hidden_size_of(lm.model), f"model {cfg.label}")
         if cfg.neurons and any(c.target is not None for c in todo):  # before the first cell, not after the baseline
             cfg.mask.check_model(len(lm.sites), lm.sites[0].d_ff, f"model {cfg.label}")
         log(f"grid: model and {len(loaded['tasks'])} task(s) loaded in {time.time() - started:.0f}s")
@@ -342,13 +346,13 @@ def _rank_device(device: str) -> str:
 
 def _setting(cfg: GridConfig, cell: Cell) -> dict:
     """The cell's ``set_intervention`` keywords: the grid's loaded mask and the cell's Spec, as they are."""
-    return {"neurons": cfg.cell_mask(cell), "lang": cell.target, "ops": cell.spec}
+    return {"neurons": cfg.cell_mask(cell), "lang": cell.target, "ops": cell.spec, "vectors": cfg.vector_set}
 
 
 def _recorded(cfg: GridConfig, cell: Cell) -> dict:
     """The cell's intervention as ``config.model_args`` of its results records it (the ``lape`` arguments that
     reproduce it: the mask path, the target, ``mode``/``value``/``layers`` or ``ops``)."""
-    d = {"neurons": cfg.neurons, "lang": cell.target, **spec_fields(cell.spec)}
+    d = {"neurons": cfg.neurons, "vectors": cfg.vectors, "lang": cell.target, **spec_fields(cell.spec)}
     if cell.control is not None:  # reproduce with lapeval masks control NEURONS --seed K (--stats STATS)
         d.update(control_seed=cell.control, control_stats=cfg.control_stats)
     return {k: v for k, v in d.items() if v is not None}
