@@ -317,7 +317,7 @@ def test_tensors_sit_on_each_layers_device():
     fake = [sites[0], Site(1, sites[1].name, sites[1].module, sites[1].d_ff, True, meta, sites[1].attr)]
     iv = random_iv(48, "set", "p_max")
     s = Session(fake, [iv], None)
-    (j0, v0), = s._placed[0][0]  # layer 0, intervention 0, its one term
-    (j1, v1), = s._placed[1][0]
+    (j0, v0), = s._placed[("neuron", 0)][0]  # layer 0, intervention 0, its one term
+    (j1, v1), = s._placed[("neuron", 1)][0]
     assert j0.device.type == "cpu" and v0.device.type == "cpu"
     assert j1.device.type == "meta" and v1.device.type == "meta"
