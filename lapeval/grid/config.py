@@ -426,9 +426,7 @@ class GridConfig:
         if self.vectors:  # grids without vectors keep the keys they always had
             k["vectors_sha256"] = self.vector_set.sha256() if cell.target else None
         if cell.control is not None:  # the control is drawn from the mask with this seed (and these statistics)
-            from .._io import sha256_file
-
-            k["control_stats_sha256"] = sha256_file(self.control_stats) if self.control_stats else None
+            k["control_stats_sha256"] = _file_sha256(self.control_stats) if self.control_stats else None
         return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -501,6 +499,19 @@ def _parse_intervention(x) -> Spec:
 _MASKS: dict[tuple, object] = {}
 _CONTROLS: dict[tuple, object] = {}
 _VECTORS: dict[str, object] = {}
+_HASHES: dict[tuple, str] = {}
+
+
+def _file_sha256(path) -> str:
+    """sha256 of a file, once per process for a given file state (cell keys ask for it once per cell)."""
+    from .._io import sha256_file
+
+    p = Path(str(path)).expanduser()
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(p)
+    return _HASHES[key]
 
 
 def load_mask(path):

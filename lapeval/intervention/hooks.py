@@ -81,6 +81,7 @@ from .operation import (  # noqa: F401
     MODES,
     InterventionError,
     Operation,
+    adds_vector,
     parse_layers,
     parse_scope,
 )
@@ -103,7 +104,7 @@ class Intervention:
         """``add:α`` of the mean of ``languages``' residual vectors (a :class:`~lapeval.vectors.ResidualVectors`)
         at ``layers`` (default all). α = 0 touches nothing (no hook: bit-identical to no intervention)."""
         op = mode if isinstance(mode, Operation) else Operation.parse(mode, value)
-        if op.mode != "add" or not isinstance(op.value, float) or op.factor != 1.0:
+        if not adds_vector(op):
             raise InterventionError(f"{op.label} on residual vectors: a vector term adds α · v (write add:α, e.g. add:4)")
         chosen = parse_layers(layers, vectors.n_layers) if not isinstance(layers, tuple) else layers
         langs = tuple(dict.fromkeys(vectors.code(l) for l in languages))

@@ -303,7 +303,7 @@ def parse_term(spec, what: str = "intervention") -> Term:
         text = spec.strip()
         if text.lower().startswith("vec:"):  # a term on the residual stream (vectors=)
             inner = parse_term(text[4:], what)
-            if inner.op.mode != "add" or not isinstance(inner.op.value, float) or inner.op.factor != 1.0:
+            if not adds_vector(inner.op):
                 raise InterventionError(f"{what} {spec!r}: a vector term adds α · v: write vec:add:α (e.g. vec:add:4@fr)")
             return Term(inner.op, inner.languages, inner.layers, "vec")
         head, *parts = text.split("@")
@@ -409,6 +409,11 @@ def parse_spec(spec, what: str = "intervention") -> tuple[Operation, str | None]
 def spec_label(op: Operation, layers=None) -> str:
     """``set:p_max``, ``set:p_max@0-5``: the one label of an operation on a layer subset."""
     return Term(op, None, layers_label(layers)).label
+
+
+def adds_vector(op: Operation) -> bool:
+    """Whether ``op`` is what a residual-vector term can do: ``add:α`` with a number α (α · v is added)."""
+    return op.mode == "add" and isinstance(op.value, float) and op.factor == 1.0
 
 
 def require_target_term(spec: Spec) -> None:

@@ -30,6 +30,7 @@ from .operation import (
     Operation,
     Spec,
     Term,
+    adds_vector,
     layers_label,
     parse_layers,
     parse_ops,
@@ -420,7 +421,7 @@ def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = Non
         if site == "residual" and vecs is None:
             raise LapeConfigError(f"{where}a vec: term needs vectors=<residual vectors file> (lapeval vectors)")
         source = vecs if site == "residual" else mask
-        if site == "residual" and (t.op.mode != "add" or not isinstance(t.op.value, float) or t.op.factor != 1.0):
+        if site == "residual" and not adds_vector(t.op):
             raise LapeConfigError(f"{where}{t.op.label} on residual vectors: a vector term adds α · v, write "
                                   "mode=add,value=α (or vec:add:α in ops=)")
         langs = t.languages

@@ -260,10 +260,9 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     if controls and mask is None:
         raise UsageError("--controls: the controls are random-neuron masks; give --neurons MASK")
     if vecs is not None and mask is None:
-        from ..intervention.operation import Operation
+        from ..intervention.operation import Operation, adds_vector
 
-        op = Operation.parse(mode, value)
-        if op.mode != "add" or not isinstance(op.value, float) or op.factor != 1.0:
+        if not adds_vector(Operation.parse(mode, value)):
             raise UsageError(f"--mode {mode} --value {value} on residual vectors: a vector term adds α · v, give "
                              "--mode add --value α")
     ctrl_masks = control_masks(mask, controls, control_stats)  # drawn before the model loads
