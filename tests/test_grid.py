@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -389,3 +390,39 @@ def test_composite_cells_multiplexed_equal_cell_by_cell_and_self_target(tmp_path
     summary = json.loads((Path(self_cfg.output) / "summary.json").read_text())
     rows_self = [r for r in summary["rows"] if r["target"] == "self"]
     assert rows_self and all(r["self"] is True for r in rows_self)
+    tables = [t for t in summary["tables"] if t["targets"] == ["self"]]  # a self cell is self-language, every column
+    assert tables and all(t["n_self"] == len(t["columns"]) and t["n_cross"] == 0 for t in tables)
+
+
+def test_self_only_tasks_run_only_in_their_own_language_cells(tmp_path, tiny_model_dir, data_env, lm):
+    """self_only: flores_ppl_*: the baseline evaluates every task, a cell with target t only the self_only task in
+    t (and every other task), with the numbers a grid without self_only gives; the summary has no cross-language
+    entry for them, and changing self_only changes the cell keys (no stale reuse)."""
+    mask = _mask(tmp_path)
+    kw = {"interventions": ["set:p_max"], "tasks": ["lss_en", "lss_fr", "flores_ppl_en", "flores_ppl_fr"], "limit": 3}
+    full = _cfg(tmp_path, tiny_model_dir, mask, out="full", **kw)
+    only = _cfg(tmp_path, tiny_model_dir, mask, out="only", self_only=["flores_ppl_*"], **kw)
+    run_grid(full, log=lambda m: None, lm=lm)
+    run_grid(only, log=lambda m: None, lm=lm)
+    for cell in only.cells():
+        got = _task_results(Path(only.output) / "cells" / cell.folder / "results.json")
+        want = _task_results(Path(full.output) / "cells" / cell.folder / "results.json")
+        kept = {"lss_en", "lss_fr", "flores_ppl_en", "flores_ppl_fr"} if cell.target is None else \
+            {"lss_en", "lss_fr", f"flores_ppl_{cell.target}"}
+        assert set(got) == kept, cell.id
+        for task in kept:
+            assert got[task] == want[task], (cell.id, task)
+    summary = json.loads((Path(only.output) / "summary.json").read_text())
+    ppl = [t for t in summary["tables"] if t["family"] == "flores_ppl"]
+    assert ppl and all(t["n_cross"] == 0 and t["n_self"] == 2 for t in ppl)
+    assert only.cell_key(only.cells()[1], "x") != full.cell_key(full.cells()[1], "x")
+    assert "self_only" not in full.to_dict() and only.to_dict()["self_only"] == ["flores_ppl_*"]
+
+
+@pytest.mark.parametrize("self_only, expect", [
+    (["flores_mt_*"], "matches none of tasks"),
+    (["lss_*"], "LSS(s, t) is cross-language"),
+])
+def test_self_only_refuses_what_it_cannot_mean(tmp_path, tiny_model_dir, self_only, expect):
+    with pytest.raises(GridError, match=re.escape(expect)):
+        _cfg(tmp_path, tiny_model_dir, _mask(tmp_path), tasks=["lss_en", "flores_ppl_fr"], self_only=self_only)

@@ -198,7 +198,7 @@ def test_sweep_grades_one_operation_and_draws_the_curve(tmp_path, tiny_model_dir
 
 
 @pytest.mark.parametrize("extra, expect", [
-    (["--sweep", "zero"], "has no statistic to grade"),
+    (["--sweep", "zero"], "zero has no value to grade"),
     (["--sweep", "add:2*p_max"], "without a factor"),
     (["--sweep", "add:p_max", "--alphas", "1,-2"], "give positive finite factors"),
     (["--alphas", "1,2"], "--alphas without --sweep"),

@@ -180,6 +180,43 @@ def test_lss_matrix_with_vectors_alpha_zero_is_exactly_zero(vec_file, tiny_model
     assert "adds α" in capsys.readouterr().err
 
 
+def test_search_factor_sweeps_the_vector_strength(vec_file, tiny_model_dir, tmp_path, capsys):
+    """search-factor --vectors --sweep add:1: the candidates are add:α on the vectors, each scoring what lss matrix
+    --vectors gives for that α alone (same facts, same paired baseline); beside a mask, vec:add:1 grades the vector
+    term only, and a candidate without neuron terms gets no neuron control."""
+    import json
+
+    from lapeval.cli import main
+    from lapeval.lss import factor
+
+    assert [c.label for c in factor.sweep_candidates("vec:add:1", "0.5,2")] == ["vec:add:0.5", "vec:add:2"]
+    assert [c.label for c in factor.sweep_candidates("zero@ja;vec:add:2@1", [3])] == ["zero@ja;vec:add:6@1"]
+    assert factor.graded_label("vec:add:1@0-1") == "vec:add:α@0-1" and factor.graded_label("add:2") == "add:α·2"
+    common = ["--model", str(tiny_model_dir), "--vectors", str(vec_file), "--languages", "en,fr,ja", "--targets",
+              "fr,ja", "--facts", "builtin", "--limit", "3", "--batch-size", "4"]
+    out = tmp_path / "sweep.json"
+    assert main(["search-factor", *common, "--sweep", "add:1", "--alphas", "0.5,8", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["candidates"] == ["add:0.5", "add:8"] and doc["neurons"] is None
+    assert doc["vectors_sha256"] == hashlib.sha256(vec_file.read_bytes()).hexdigest()
+    assert doc["sweep"]["graded"] == "add:α" and "vectors v.safetensors" in out.with_suffix(".md").read_text()
+    assert main(["lss", "matrix", *common, "--mode", "add", "--value", "8", "--out", str(tmp_path / "m.json")]) == 0
+    alone = json.loads((tmp_path / "m.json").read_text())
+    assert doc["table"]["add:8"] == alone["per_target"] and doc["matrices"]["add:8"] == alone["matrix"]
+    mask = random_mask(tmp_path / "mask.safetensors")
+    both = tmp_path / "both.json"
+    assert main(["search-factor", *common, "--neurons", str(mask), "--candidates", "set:p_max", "--sweep", "vec:add:1",
+                 "--alphas", "4", "--controls", "1", "--out", str(both)]) == 0
+    doc = json.loads(both.read_text())
+    assert doc["candidates"] == ["vec:add:4", "set:p_max"]
+    assert doc["effects"]["set:p_max"]["overall"]["control_mean"] is not None
+    assert doc["effects"]["vec:add:4"]["overall"].get("control_mean") is None
+    capsys.readouterr()
+    assert main(["search-factor", *common, "--candidates", "set:p_max"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "adds α" in err and "\n" not in err, err
+
+
 @pytest.mark.real
 def test_vectors_and_controls_on_the_real_model(tmp_path, real_model_dir):
     """Gemma-3-270m: residual sums collected beside the counts, DiffMean vectors; α = 0 is hf bit for bit and

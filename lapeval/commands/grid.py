@@ -44,6 +44,8 @@ FLAGS = {
     "multiplex": "cells as batch rows: auto (GPU only), on, off",
     "facts": "LSS facts: builtin, or a folder with <lang>/test.jsonl (default $LAPEVAL_MLAMA_DIR, else the hub)",
     "lang_map": "languages of tasks no rule covers, PATTERN:LANG;... (e.g. kmmlu*:ko;xnli_va:ca), for the self/cross split",
+    "self_only": "tasks or globs evaluated only self-language (baseline, and cells whose target is the task's "
+                 "language), comma-separated, e.g. flores_mt_*",
 }
 
 

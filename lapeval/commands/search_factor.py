@@ -9,14 +9,16 @@ scale:2, scale:5, scale:10``) on each target's neurons against one baseline, and
 * ``<mask stem>.factor.md``: the table in markdown (best of each column in bold);
 * ``<mask stem>.factor.png``: the same as a heatmap.
 
-Ties go to the earlier candidate in the list. See :func:`lapeval.lss.factor.search_factor`.
+With ``--vectors VEC`` (residual DiffMean vectors, ``lapeval vectors``) the candidates steer the residual
+stream (``--vectors VEC --sweep add:1 --alphas 0.1,0.25,0.5,1`` sweeps the strength α; beside ``--neurons``,
+``vec:add:α`` terms). Ties go to the earlier candidate in the list. See :func:`lapeval.lss.factor.search_factor`.
 """
 
 from __future__ import annotations
 
 import sys
 
-from .lss import add_run_args
+from .lss import add_control_args, add_run_args
 
 
 def register(sub) -> None:
@@ -27,7 +29,7 @@ def register(sub) -> None:
                     "one baseline; pick the best per target (highest mean LSS over sources s ≠ t) and overall. "
                     "Ties go to the earlier candidate. Writes <mask stem>.factor.json/.md/.png beside the mask.",
     )
-    add_run_args(p)
+    add_run_args(p, vectors=True)
     p.add_argument("--candidates",
                    help="comma list of interventions replacing the default list "
                         "set:p_max,set:p_median,set:tt_max,add:tt_max,set:tt_p10,zero (modes zero|set|scale|add; "
@@ -38,13 +40,13 @@ def register(sub) -> None:
                         "default 2,5,10 with the default list, none with --candidates; '' for none")
     p.add_argument("--sweep", metavar="OP",
                    help="grade one operation by each --alphas factor: add:p_max → add:α*p_max, set:tt_max → "
-                        "set:α*tt_max, scale → scale:α (composites too: 'zero@en;add:p_max'); draws the LSS curve "
-                        "per target as <stem>.factor.sweep.png")
+                        "set:α*tt_max, scale → scale:α, a number multiplied (vec:add:1 beside --neurons, add:1 with "
+                        "--vectors alone: the DiffMean strength α); composites too ('zero@en;add:p_max'); draws the "
+                        "LSS curve per target as <stem>.factor.sweep.png")
     p.add_argument("--alphas", help="the factors of --sweep, comma-separated (default 0.5,1,2,4)")
     p.add_argument("--out", help="the JSON path (default <mask stem>.factor.json beside the mask); "
                                  "the .md and .png go beside it")
-    p.add_argument("--controls", type=int, default=0, help="also score every candidate on K random-neuron controls "
-                   "of the mask (seeds 0..K-1) against the same baseline: control mean, real - control, rank")
+    add_control_args(p)
     p.set_defaults(handler=_search)
 
 
@@ -54,20 +56,24 @@ def _search(args) -> int:
     doc = search_factor(args.model, args.neurons, args.languages, args.targets, candidates=args.candidates,
                         scales=args.scales, layers=args.layers, sweep=args.sweep, alphas=args.alphas, facts=args.facts, limit=args.limit,
                         batch_size=args.batch_size, dtype=args.dtype, device=args.device, out=args.out,
-                        controls=args.controls, log=lambda m: print(m, file=sys.stderr))
+                        controls=args.controls, control_stats=args.control_stats, vectors=args.vectors,
+                        log=lambda m: print(m, file=sys.stderr))
     print(format_table(doc))
     if args.controls:
         for label, e in doc["effects"].items():
             o = e["overall"]
-            lo, hi = o["ci"]
-            print(f"{label}: LSS {o['lss']:.3f}, controls {o['control_mean']:.3f}, real - control "
-                  f"{o['real_minus_control']:+.3f} [{lo:+.3f}, {hi:+.3f}], rank {o['rank']}/{o['of']}"
-                  if lo is not None else f"{label}: LSS {o['lss']:.3f}, controls {o['control_mean']:.3f}")
+            lo, hi = o.get("ci") or (None, None)
+            if o.get("control_mean") is None:  # a candidate without neuron terms: no neuron control to compare
+                print(f"{label}: LSS {o['lss']:.3f} (no neuron terms, no control)")
+            else:
+                print(f"{label}: LSS {o['lss']:.3f}, controls {o['control_mean']:.3f}, real - control "
+                      f"{o['real_minus_control']:+.3f} [{lo:+.3f}, {hi:+.3f}], rank {o['rank']}/{o['of']}"
+                      if lo is not None else f"{label}: LSS {o['lss']:.3f}, controls {o['control_mean']:.3f}")
     for t, b in doc["best_per_target"].items():
         print(f"best for {t}: {b['candidate']} (LSS {b['lss']:.2f})" if b else f"best for {t}: none (no pair scored)")
     b = doc["best_overall"]
     print(f"best overall: {b['candidate']} (LSS {b['lss']:.2f})" if b else "best overall: none (no pair scored)")
-    paths = list(factor_paths(args.neurons, args.out))
+    paths = list(factor_paths(args.neurons or args.vectors, args.out))
     if doc.get("sweep"):
         s = doc["sweep"]
         for t, b in s["best_alpha_per_target"].items():

@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, fields
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .._io import printable, safe_name
@@ -187,10 +188,13 @@ class GridConfig:
     controls: int = 0  # K random-neuron controls (seeds 0..K-1) beside every (intervention, target) cell
     control_stats: str | None = None  # the mask's STATS: controls matched on activation frequency
     vectors: str | None = None  # residual DiffMean vectors (lapeval vectors): add:α terms act on them
+    # tasks (names or globs) evaluated only where they are self-language: in the baseline and in the cells whose
+    # target is the task's language (or self); costly generation tasks without their cross-language cells
+    self_only: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """Normalise and validate, whether built from YAML, from flags or directly in Python."""
-        for key in ("tasks", "targets", "include_path"):
+        for key in ("tasks", "targets", "include_path", "self_only"):
             v = getattr(self, key)
             if v is None:
                 v = []
@@ -327,6 +331,14 @@ class GridConfig:
         from ..lss.tasks import check_sources, lss_source
 
         lss_sources = [s for t in self.tasks if (s := lss_source(t))]
+        for pattern in self.self_only:
+            hits = [t for t in self.tasks if fnmatchcase(t, pattern)]
+            if not hits:
+                raise GridError(f"self_only: {printable(pattern)!r} matches none of tasks: (give task names or globs "
+                                "such as flores_mt_*)")
+            if any(lss_source(t) for t in hits):
+                raise GridError(f"self_only: {printable(pattern)!r} matches LSS tasks: LSS(s, t) is cross-language by "
+                                "construction (s ≠ t); leave the lss_* tasks out of self_only")
         if lss_sources and "self" in self.targets:
             raise GridError("targets: self with LSS tasks: LSS(s, t) needs explicit targets t (list their codes)")
         if lss_sources:  # every LSS source has facts (before anything loads)
@@ -366,10 +378,12 @@ class GridConfig:
 
     # ---- cells ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
-        """The baseline, every (intervention, target) cell, then (``controls: K``) the same cells on each of the
-        K control masks."""
+        """The baseline, every (intervention, target) cell, then (``controls: K``) the cells of interventions
+        with neuron terms on each of the K control masks (a residual-vector intervention alone would run
+        unchanged on a control mask)."""
         real = [Cell(t, spec) for spec in self.interventions for t in self.targets]
-        return [Cell(), *real, *(Cell(c.target, c.spec, k) for k in range(self.controls) for c in real)]
+        on_neurons = [c for c in real if any(term.site != "vec" for term in c.spec.terms)]
+        return [Cell(), *real, *(Cell(c.target, c.spec, k) for k in range(self.controls) for c in on_neurons)]
 
     @property
     def vector_set(self):
@@ -427,7 +441,13 @@ class GridConfig:
             k["vectors_sha256"] = self.vector_set.sha256() if cell.target else None
         if cell.control is not None:  # the control is drawn from the mask with this seed (and these statistics)
             k["control_stats_sha256"] = _file_sha256(self.control_stats) if self.control_stats else None
+        if self.self_only:  # grids without self_only keep the keys they always had
+            k["self_only"] = self.self_only
         return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+
+    def self_only_tasks(self, names) -> list[str]:
+        """The tasks among ``names`` that ``self_only`` names (exactly or by glob)."""
+        return [n for n in names if any(fnmatchcase(n, p) for p in self.self_only)]
 
     def to_dict(self) -> dict:
         """The configuration as ``grid.json`` records it (interventions in their :func:`spec_fields` form)."""
@@ -437,6 +457,8 @@ class GridConfig:
             del d["controls"], d["control_stats"]
         if not self.vectors:
             del d["vectors"]
+        if not self.self_only:
+            del d["self_only"]
         return d
 
 

@@ -167,10 +167,11 @@ def summarize(out: Path) -> dict:
             base_row = {r["column"]: r["value"] for r in rows if r["cell"] == "baseline"
                         and (r["family"], r["metric"], r["filter"]) == (fam, metric, filt)}
             mat = [[get.get((t, col), {}).get("delta") for col in cols] for t in tgts]
+            # self-language: the target is the task's language (the diagonal), or the cell's target is self
             diag = [get[(t, col)]["delta"] for t in tgts for col in cols
-                    if (t, col) in get and col_lang.get(col) == t and get[(t, col)]["delta"] is not None]
+                    if (t, col) in get and get[(t, col)]["self"] and get[(t, col)]["delta"] is not None]
             off = [get[(t, col)]["delta"] for t in tgts for col in cols
-                   if (t, col) in get and col_lang.get(col) != t and get[(t, col)]["delta"] is not None]
+                   if (t, col) in get and not get[(t, col)]["self"] and get[(t, col)]["delta"] is not None]
             tables.append({
                 "intervention": op, "family": fam, "metric": metric, "filter": filt, "targets": tgts,
                 "columns": cols, "column_languages": [col_lang.get(c) for c in cols],
@@ -334,7 +335,8 @@ def _markdown(s: dict, images: list[Path]) -> str:
             for j, col in enumerate(t["columns"]):
                 d, lo, hi = t["delta"][i][j], t["ci_low"][i][j], t["ci_high"][i][j]
                 txt = "–" if d is None else f"{format_number(d, 4, sign=True)} [{format_number(lo, 3)}, {format_number(hi, 3)}]"
-                cells.append(f"**{txt}**" if t["column_languages"][j] == tg and d is not None else txt)
+                own = tg == "self" or t["column_languages"][j] == tg
+                cells.append(f"**{txt}**" if own and d is not None else txt)
             L.append(f"| {tg} | " + " | ".join(cells) + " |")
         L += ["", "Δ = cell − baseline [paired-bootstrap 95 % interval]; bold = self-language.", ""]
         if "perplexity" in t["metric"]:

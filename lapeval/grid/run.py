@@ -286,6 +286,8 @@ def _run_cells(cfg: GridConfig, log, lm, only: set[str], requests_shard=None) ->
     status = {c.id: "reused" for c in cells if c.id in only and c not in todo}
     started = time.time()
     loaded = load_tasks(cfg) if todo else None  # first: tasks that do not load leave no grid.json
+    if loaded is not None:
+        check_self_only(cfg, loaded)
     write_json(out / "grid.json", {"format": FORMAT, "lapeval_version": __version__, "config": cfg.to_dict(),
                                    "neurons_sha256": mask_sha,
                                    "cells": [{"id": c.id, "folder": c.folder, **c.key_fields(), "key": keys[c.id]} for c in cells]})
@@ -358,6 +360,38 @@ def _recorded(cfg: GridConfig, cell: Cell) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _language(cfg: GridConfig, task) -> str | None:
+    from ..languages import task_language
+
+    meta = task.get_config("metadata")
+    return task_language(task.task_name, meta if isinstance(meta, dict) else None, cfg.lang_map)
+
+
+def check_self_only(cfg: GridConfig, loaded) -> None:
+    """Every task ``self_only`` names has a known language (else it could never be self-language): one line."""
+    from .._io import printable
+
+    for name in cfg.self_only_tasks(loaded["tasks"]):
+        if _language(cfg, loaded["tasks"][name]) is None:
+            raise GridError(f"self_only: task {printable(name)} names no language, so no cell is self-language for "
+                            f"it: give it one with lang_map: {{{printable(name)}: CODE}} or leave it out of self_only")
+
+
+def cell_part(cfg: GridConfig, loaded, cell: Cell) -> dict:
+    """The loaded tasks a cell evaluates: all of them, but for a cell with a target language (``self``
+    excepted) the ``self_only`` tasks of other languages left out, with any group holding one of them."""
+    if not cfg.self_only or cell.target in (None, "self"):
+        return loaded
+    drop = {n for n in cfg.self_only_tasks(loaded["tasks"]) if _language(cfg, loaded["tasks"][n]) != cell.target}
+    if not drop:
+        return loaded
+    groups = {g for g, grp in loaded.get("groups", {}).items()
+              if not drop.intersection(t.task_name for t in grp.get_all_tasks())}
+    return {"tasks": {n: t for n, t in loaded["tasks"].items() if n not in drop},
+            "groups": {g: v for g, v in loaded.get("groups", {}).items() if g in groups},
+            "group_map": {g: v for g, v in loaded.get("group_map", {}).items() if g in groups}}
+
+
 def split_lss(loaded) -> tuple[dict | None, dict | None]:
     """The loaded tasks as (everything else, the LSS tasks), None for an empty part. LSS compares a cell's
     margins with the baseline's and counts any strict growth, so its requests are scored in their own
@@ -424,7 +458,7 @@ def _run_cell(cfg: GridConfig, lm, loaded, cell: Cell, key: str, out: Path) -> N
     _seed(cfg.seed)
     t0 = time.time()
     res: dict = {}
-    for part in filter(None, split_lss(loaded)):  # LSS in a call of its own (exactness; see split_lss)
+    for part in filter(None, split_lss(cell_part(cfg, loaded, cell))):  # LSS in a call of its own (see split_lss)
         got = evaluate(lm=lm, task_dict=part, limit=cfg.limit, bootstrap_iters=cfg.bootstrap_iters,
                        log_samples=True, verbosity="WARNING")
         if got is None:  # another rank of lm-eval's data parallelism (parallel: requests): rank 0 writes

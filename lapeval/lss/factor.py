@@ -16,8 +16,13 @@ A candidate is any intervention spec of :mod:`lapeval.intervention.operation` (`
 ``set:p_max;scope:generation``); its terms without languages act on the target.
 
 **Sweep** (:func:`sweep_candidates`): one operation graded by α over a list (default 0.5, 1, 2, 4) —
-``add:p_max`` gives ``add:α*p_max``, ``scale`` gives ``scale:α`` — scored the same way, with the LSS curve
-per target (mean over s ≠ t against α) drawn as ``<stem>.factor.sweep.png``.
+``add:p_max`` gives ``add:α*p_max``, ``scale`` gives ``scale:α``, a number is multiplied (``add:2`` gives
+``add:2α``, ``vec:add:1`` gives ``vec:add:α``, the DiffMean steering strength) — scored the same way, with the
+LSS curve per target (mean over s ≠ t against α) drawn as ``<stem>.factor.sweep.png``.
+
+**Residual vectors** (``vectors=``, method.md §10–11): candidates may steer with DiffMean vectors instead of,
+or beside, the neurons — ``add:α`` alone on the vectors, or ``vec:add:α`` terms beside a mask — so the same
+search picks the vectors' α by the same LSS against the same baseline.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ..intervention.operation import (
     Term,
     parse_layers,
     parse_ops,
+    require_target_term,
 )
 
 DEFAULT_CANDIDATES = ("set:p_max", "set:p_median", "set:tt_max", "add:tt_max", "set:tt_p10", "zero")
@@ -128,9 +134,9 @@ def sweep_candidates(operation, alphas=None) -> list[Candidate]:
     if not graded:
         raise CandidateError(f"--sweep {operation!r}: no term acts on the target (leave its @LANGS out)")
     for t in graded:
-        if t.op.mode == "zero" or (t.op.mode != "scale" and not isinstance(t.op.value, str)):
-            raise CandidateError(f"--sweep {operation!r}: {t.op.label} has no statistic to grade: sweep add:p_max, "
-                                 "set:p_max, add:tt_max or scale")
+        if t.op.mode == "zero":
+            raise CandidateError(f"--sweep {operation!r}: zero has no value to grade: sweep add:p_max, "
+                                 "set:p_max, add:tt_max, vec:add:1 or scale")
         if t.op.factor != 1.0:
             raise CandidateError(f"--sweep {operation!r}: give the operation without a factor (add:p_max): "
                                  "--alphas grades it")
@@ -141,9 +147,11 @@ def sweep_candidates(operation, alphas=None) -> list[Candidate]:
             if t.languages:
                 terms.append(t)
             elif t.op.mode == "scale":
-                terms.append(Term(Operation("scale", float(a)), None, t.layers))
-            else:
-                terms.append(Term(Operation(t.op.mode, t.op.value, float(a)), None, t.layers))
+                terms.append(Term(Operation("scale", float(a)), None, t.layers, t.site))
+            elif isinstance(t.op.value, str):
+                terms.append(Term(Operation(t.op.mode, t.op.value, float(a)), None, t.layers, t.site))
+            else:  # a number (add:2, vec:add:1): α times it
+                terms.append(Term(Operation(t.op.mode, float(a) * t.op.value), None, t.layers, t.site))
         out.append(Candidate(Spec(tuple(terms), base.scope)))
     return out
 
@@ -188,14 +196,28 @@ def build_candidates(specs=None, scales: Iterable[float] = ()) -> list[Candidate
     return list(seen.values())
 
 
-def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[str]) -> None:
+def check_candidates(candidates: Sequence[Candidate], mask, targets: Sequence[str], vectors=None) -> None:
     """One-line errors, before anything heavy (:func:`~lapeval.intervention.setting.check_spec` on each
     candidate against the targets): every target is a language of the mask, every language and layer a term
     names fits the mask, and every candidate taking its value from the mask (``p_max`` / ``p_median``) finds
-    it for every language it acts on — else the message names the candidates that would run."""
-    from ..intervention.setting import MissingValuesError, check_spec
+    it for every language it acts on — else the message names the candidates that would run. With
+    ``vectors`` (:class:`~lapeval.vectors.ResidualVectors`), each candidate is also built as the setting it
+    will be on every target (vector terms add α · v; without a mask every term is one)."""
+    from ..intervention.setting import MissingValuesError, build_setting, check_spec
     from ..masks import MaskError
 
+    if vectors is not None:
+        for c in candidates:
+            try:
+                require_target_term(c.spec)
+                for t in targets:
+                    build_setting(mask, t, None, None, None, ops=c.spec, vectors=vectors)
+            except MissingValuesError:
+                pass  # named with the candidates that would run, below
+            except (MaskError, InterventionError) as e:
+                raise CandidateError(f"candidate {c.label!r}: {e}") from None
+        if mask is None:
+            return
     for t in targets:
         mask.code(t)  # MaskError naming the mask's languages
     lacking: dict[str, MissingValuesError] = {}
@@ -229,12 +251,14 @@ def _best(scores: list[tuple[str, float]]) -> tuple[str, float] | None:
 
 
 def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=None, limit: int | None = None,
-           log: Callable[[str], None] = print, controls: Sequence = ()) -> dict:
+           log: Callable[[str], None] = print, controls: Sequence = (), vectors=None) -> dict:
     """LSS of every candidate operation for every target language, against one baseline, with a loaded model.
 
     ``lm``: a :class:`~lapeval.lm.LapeLM`; ``tasks``: ``{s: lss_<s> task}`` (from
     :func:`lapeval.lss.load_lss_tasks`); ``targets``: languages of the mask whose neurons get the
-    operation; ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask`; ``candidates``: ``mode:value``
+    operation; ``neurons``: a mask path or :class:`~lapeval.masks.NeuronMask` (None with ``vectors`` alone);
+    ``vectors``: residual DiffMean vectors (:class:`~lapeval.vectors.ResidualVectors`) that ``add:α`` /
+    ``vec:add:α`` terms steer with; ``candidates``: ``mode:value``
     strings, ``(mode, value)`` tuples or :class:`Candidate` s (see :func:`parse_candidate`); ``layers``:
     where to intervene (default all); ``limit``: first N facts per source.
 
@@ -252,30 +276,44 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
         effects           {label: effects of :func:`lapeval.lss.effects.effects`} — with ``controls`` (control
                           masks, :func:`lapeval.control_mask`), each candidate also on each control, against
                           the same baseline: control mean, real − control [CI], rank, chance-corrected LSS
+                          (a candidate without neuron terms has no neuron control: its effects have none)
 
     Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
     win, and a target whose every mean is NaN gets ``None``.
     """
     from ..masks import NeuronMask
-    from .matrix import compute_matrix, paired_baseline
+    from .matrix import compute_matrix, load_vectors, paired_baseline
 
-    mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    mask = None if neurons is None else (
+        neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser()))
     cands = build_candidates(candidates if isinstance(candidates, str) else list(candidates))
     targets = list(targets)
-    check_candidates(cands, mask, targets)
-    parse_layers(layers, mask.n_layers)
-    mask.check_model(len(lm.sites), lm.sites[0].d_ff)
+    vecs = load_vectors(vectors, targets) if vectors is not None else None
+    if mask is None and vecs is None:
+        raise CandidateError("give a neuron mask or residual vectors (vectors=) to search with")
+    check_candidates(cands, mask, targets, vecs)
+    parse_layers(layers, (mask or vecs).n_layers)
+    if mask is not None:
+        mask.check_model(len(lm.sites), lm.sites[0].d_ff)
+    if vecs is not None:
+        from ..sites import hidden_size_of
+
+        vecs.check_model(len(lm.sites), hidden_size_of(lm.model))
 
     from .effects import effects
+
+    def on_neurons(c: Candidate) -> bool:  # a control mask changes nothing in a candidate without neuron terms
+        return mask is not None and any(t.site != "vec" for t in c.spec.terms)
 
     base = paired_baseline(lm, tasks, targets, limit=limit, log=log)
     matrices, table, overall, n_items, sources, effs = {}, {}, {}, {}, list(tasks), {}
     for i, c in enumerate(cands, 1):
         t0 = time.time()
         res = compute_matrix(lm, tasks, targets, neurons=mask, ops=c.spec, layers=layers,
-                             limit=limit, log=lambda m: None, baseline=base)
+                             limit=limit, log=lambda m: None, baseline=base, vectors=vecs)
         ctrl = [compute_matrix(lm, tasks, targets, neurons=m, ops=c.spec, layers=layers, limit=limit,
-                               log=lambda m: None, baseline=base)["margins"] for m in controls]
+                               log=lambda m: None, baseline=base, vectors=vecs)["margins"]
+                for m in (controls if on_neurons(c) else ())]
         effs[c.label] = effects(res["margins"], res["n_items"], ctrl or None)
         matrices[c.label] = res["matrix"]
         table[c.label] = {t: res["per_target"].get(t, math.nan) for t in targets}
@@ -317,8 +355,10 @@ def graded_label(operation) -> str:
         if t.languages:
             parts.append(t.label)
         else:
-            head = f"{t.op.mode}:α" if t.op.mode == "scale" else f"{t.op.mode}:α·{t.op.value}"
-            parts.append(head + t.label[len(t.op.label):])
+            v = t.op.value
+            graded = "α" if t.op.mode == "scale" or v == 1.0 else f"α·{v:g}" if isinstance(v, float) else f"α·{v}"
+            head = ("vec:" if t.site == "vec" else "") + f"{t.op.mode}:{graded}"
+            parts.append(head + t.label[len(("vec:" if t.site == "vec" else "") + t.op.label):])
     return ";".join(parts + ([f"scope:{spec.scope}"] if spec.scope != "all" else []))
 
 
@@ -392,7 +432,7 @@ def factor_paths(neurons, out=None) -> tuple[Path, Path, Path]:
 def search_factor(model, neurons, languages, targets=None, *, candidates=None, scales=None, layers=None,
                   facts=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
                   device: str = "cpu", out=None, sweep=None, alphas=None, controls: int = 0,
-                  log: Callable[[str], None] = print) -> dict:
+                  control_stats=None, vectors=None, log: Callable[[str], None] = print) -> dict:
     """Choose the amplification value per target language by LSS — what ``lapeval search-factor`` runs.
 
     Every candidate operation (default :data:`DEFAULT_CANDIDATES`, then ``scale:c`` for each of ``scales``,
@@ -405,8 +445,12 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     ``alphas`` (default 0.5, 1, 2, 4; :func:`sweep_candidates`) — the candidates are then the graded ones
     (plus ``candidates`` when given), and the curves go to the JSON (``sweep``), the markdown and
     ``<stem>.factor.sweep.png``. ``controls``: K random-neuron controls of the mask (seeds 0 … K−1), each
-    candidate scored on them too; the JSON gains ``effects`` per candidate (control mean, real − control with
-    its bootstrap interval, rank, chance-corrected LSS, margin shift). Returns the JSON document written.
+    candidate scored on them too (``control_stats``: the mask's STATS, controls matched on activation
+    frequency); the JSON gains ``effects`` per candidate (control mean, real − control with its bootstrap
+    interval, rank, chance-corrected LSS, margin shift). ``vectors``: residual DiffMean vectors (``lapeval
+    vectors``) — ``neurons`` may then be None, every candidate adding α · v_t (``sweep="add:1"`` sweeps the
+    steering strength), or, beside a mask, ``vec:add:α`` terms; the output goes beside the mask, else beside
+    the vectors. Returns the JSON document written.
 
     Example::
 
@@ -415,11 +459,14 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
         doc["best_per_target"]["fr"]["candidate"]
     """
     from .. import __version__, models
-    from .matrix import check_inputs, control_masks, loaded_for_lss
+    from .matrix import check_inputs, control_masks, load_vectors, loaded_for_lss
 
     # ---- everything that can be checked without the model or the data
-    sources, tgts, mask = check_inputs(neurons, languages, targets, None, None, layers, limit, facts)
-    ctrl_masks = control_masks(mask, controls)
+    sources, tgts, mask = check_inputs(neurons, languages, targets, None, None, layers, limit, facts, vectors)
+    vecs = load_vectors(vectors, tgts) if vectors is not None else None
+    if controls and mask is None:
+        raise CandidateError("--controls: the controls are random-neuron masks; give --neurons MASK")
+    ctrl_masks = control_masks(mask, controls, control_stats)
     if scales is not None:
         scale_list = parse_scales(scales) if isinstance(scales, str) else [float(c) for c in scales]
     else:
@@ -429,8 +476,8 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
         raise CandidateError("--alphas without --sweep: name the operation to grade (e.g. --sweep add:p_max)")
     cands = build_candidates(candidates, scale_list) if candidates is not None or scale_list or not graded else []
     cands = list({c.label: c for c in [*graded, *cands]}.values())
-    check_candidates(cands, mask, tgts)
-    js, md, png = factor_paths(mask.path or neurons, out)
+    check_candidates(cands, mask, tgts, vecs)
+    js, md, png = factor_paths((mask.path or neurons) if mask is not None else (vecs.path or vectors), out)
     from .._io import check_writable
 
     for path in (js, md, png):  # before hours of scoring, not after
@@ -439,12 +486,15 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     started = time.time()
     # the facts are read and checked (every target has objects) before the model loads
     with loaded_for_lss(model, mask, facts, batch_size, dtype, device, sources, tgts, limit) as (lm, name, where, tasks):
-        result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log, controls=ctrl_masks)
+        result = search(lm, tasks, tgts, mask, cands, layers=layers, limit=limit, log=log, controls=ctrl_masks,
+                        vectors=vecs)
     doc = {
         "model": name,
         **models.identity(name),
-        "neurons": str(neurons) if isinstance(neurons, (str, Path)) else str(mask.path),
-        "neurons_sha256": mask.sha256() if mask.path else None,
+        "neurons": None if mask is None else str(neurons) if isinstance(neurons, (str, Path)) else str(mask.path),
+        "neurons_sha256": mask.sha256() if mask is not None and mask.path else None,
+        **({"vectors": str(vecs.path) if vecs.path else None,
+            "vectors_sha256": vecs.sha256() if vecs.path else None} if vecs is not None else {}),
         "sources": result["sources"],
         "targets": result["targets"],
         "candidates": result["candidates"],
@@ -470,15 +520,18 @@ def search_factor(model, neurons, languages, targets=None, *, candidates=None, s
     if graded:
         operation = "scale" if str(sweep).strip().lower() == "scale" else parse_ops(sweep).label
         doc["sweep"] = sweep_curves(result, operation, parse_alphas(alphas), graded)
-    write_results(doc, result, name, mask, js, md, png)
+    searched = (f"mask {Path(str(mask.path or 'unsaved')).name}" if mask is not None
+                else f"vectors {Path(str(vecs.path or 'unsaved')).name}")
+    write_results(doc, result, name, searched, js, md, png)
     return doc
 
 
-def write_results(doc: dict, result: dict, model: str, mask, js: Path, md: Path, png: Path) -> None:
-    """The search's JSON document, markdown table and heatmap, each written atomically."""
+def write_results(doc: dict, result: dict, model: str, searched: str, js: Path, md: Path, png: Path) -> None:
+    """The search's JSON document, markdown table and heatmap, each written atomically (``searched``: what
+    was searched, ``mask gemma-3-270m.safetensors``)."""
     from .._io import json_safe, write_json, write_text
 
-    title = f"LSS factor search: {model}, mask {Path(str(mask.path or 'unsaved')).name}"
+    title = f"LSS factor search: {model}, {searched}"
     text = format_markdown(result, title)
     if doc.get("sweep"):
         text += "\n" + format_sweep(doc["sweep"])
