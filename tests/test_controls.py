@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_mask
+from conftest import random_mask, require_shared
 
 from lapeval.masks import MaskError, NeuronMask
 
@@ -217,10 +217,12 @@ def test_grid_controls_cells_keys_and_leaderboard(tmp_path, tiny_model_dir, monk
     from lapeval.paths import FACTS_DIR
 
     monkeypatch.setenv("LAPEVAL_MLAMA_DIR", str(FACTS_DIR))
+    monkeypatch.setenv("LAPEVAL_FLORES_DIR", str(require_shared("flores200_devtest")))
     mask = random_mask(tmp_path / "m.safetensors", seed=3, per_lang=16, p_max_low=2.0, p_max_span=6.0)
-    base = dict(model=str(tiny_model_dir), neurons=str(mask), targets=["en", "fr"], tasks=["lss_en", "lss_fr"],
-                limit=3, batch_size=4, device="cpu", bootstrap_iters=0, ci_resamples=20,
-                interventions=["set:p_max", "scale:1"], model_args={"max_length": 256})
+    base = dict(model=str(tiny_model_dir), neurons=str(mask), targets=["en", "fr"],
+                tasks=["lss_en", "lss_fr", "flores_ppl_en", "flores_ppl_fr"], limit=3, batch_size=4, device="cpu",
+                bootstrap_iters=0, ci_resamples=20, interventions=["set:p_max", "scale:1"],
+                model_args={"max_length": 1024})
     plain = GridConfig.from_dict({**base, "output": str(tmp_path / "plain")})
     cfg = GridConfig.from_dict({**base, "output": str(tmp_path / "g"), "controls": 2})
     cells = cfg.cells()
@@ -240,5 +242,25 @@ def test_grid_controls_cells_keys_and_leaderboard(tmp_path, tiny_model_dir, monk
     assert board["lss_control"]["set:p_max"] == pytest.approx(sum(ctrl) / 2)
     assert board["best"]["score"] == pytest.approx(max(board["lss"]["set:p_max"] - board["lss_control"]["set:p_max"], 0))
     assert "controls' LSS" in (tmp_path / "g" / "leaderboard.md").read_text()
+    # effects beside each real intervention's LSS, from the sample logs: real − control paired over facts
+    eff = s["lss"]["set:p_max"]["effects"]["overall"]
+    assert eff["lss"] == pytest.approx(board["lss"]["set:p_max"]) and eff["of"] == 3
+    assert eff["control_mean"] == pytest.approx(board["lss_control"]["set:p_max"])
+    assert eff["real_minus_control"] == pytest.approx(eff["lss"] - eff["control_mean"])
+    assert eff["ci"][0] <= eff["real_minus_control"] <= eff["ci"][1]
+    noop = s["lss"]["scale:1"]["effects"]["overall"]
+    assert noop["shift"] == 0 and noop["real_minus_control"] == 0 and noop["ci"] == [0.0, 0.0]
+    assert "effects" not in s["lss"]["control0:set:p_max"]
+    # every family's self Δ beside its controls', with a paired interval (a no-op on every cell: exactly 0)
+    ppl = board["families"]["flores_ppl"]
+    assert ppl["metric"] == "bits_per_byte"
+    assert ppl["interventions"]["scale:1"]["self"]["minus_control"] == 0
+    real = ppl["interventions"]["set:p_max"]["self"]
+    lo, hi = real["minus_control_ci"]
+    assert lo <= real["minus_control"] <= hi and real["minus_control"] == pytest.approx(real["delta"] - real["control_delta"])
+    md = (tmp_path / "g" / "summary.md").read_text()
+    assert "## Interventions beside their controls" in md
+    assert "| intervention | LSS | margin shift (nats) | controls' LSS | LSS − controls | rank | chance-corrected |" in md
+    assert "| scale:1 | 0.000 | +0.000 [+0.000, +0.000] |" in md
     rec = json.loads((tmp_path / "g" / "cells" / "control0=set=p_max__en" / "results.json").read_text())
     assert rec["config"]["model_args"]["control_seed"] == 0 and rec["lapeval_grid"]["control"] == 0

@@ -75,6 +75,24 @@ def mean_delta_interval(replicates: list) -> tuple[float, float]:
     return interval(np.mean(np.stack(reps), axis=0))
 
 
+def minus_controls_interval(real: list, controls: list[list]) -> tuple[float, float]:
+    """95 % interval of (mean Δ of the real cells) − (mean over controls of their cells' mean Δ): each side's
+    pair replicates averaged replicate by replicate as in :func:`mean_delta_interval` (one task's documents
+    resampled alike in every cell, so the difference is paired), then the controls averaged; NaN when a side
+    has no replicates."""
+    import numpy as np
+
+    def averaged(replicates):
+        reps = [np.asarray(r, dtype=float) for r in replicates if r is not None]
+        return np.mean(np.stack(reps), axis=0) if reps else None
+
+    r = averaged(real)
+    cs = [c for c in (averaged(x) for x in controls) if c is not None]
+    if r is None or not cs:
+        return math.nan, math.nan
+    return interval(r - np.mean(np.stack(cs), axis=0))
+
+
 def finite_mean(xs):
     """The mean of the finite numbers among ``xs`` (None and NaN skipped); None when there are none."""
     xs = [x for x in xs if x is not None and math.isfinite(x)]

@@ -29,7 +29,7 @@ from pathlib import Path
 from .._io import markdown_text as md
 from .._io import spreadsheet_safe
 from ..results import format_number
-from .bootstrap import finite_mean, mean_delta_interval
+from .bootstrap import finite_mean, mean_delta_interval, minus_controls_interval
 
 TIE_DIGITS = 4
 
@@ -39,8 +39,8 @@ def _num(x):
 
 
 # preferred where a family reports them: scale-free across scripts (word perplexity of unsegmented text
-# reaches 1e60 and its mean over languages means nothing)
-PREFERRED = ("bits_per_byte",)
+# reaches 1e60 and its mean over languages means nothing), and chrF++ for translation (small models floor BLEU at 0)
+PREFERRED = ("bits_per_byte", "chrfpp")
 
 
 def primary_metrics(rows: list[dict]) -> dict[str, tuple[str, str]]:
@@ -57,6 +57,40 @@ def primary_metrics(rows: list[dict]) -> dict[str, tuple[str, str]]:
     return out
 
 
+STEERING_METRIC = "off_target"  # the output-language measure, shown beside a family's first metric
+
+
+def family_entry(rows: list[dict], fam: str, metric: str, filt: str, ops: list, controls: dict, pairs: dict,
+                 higher: dict) -> dict:
+    """One family's metric in a leaderboard entry: its baseline and, per real intervention, the self- and
+    cross-language Δ with intervals and, with controls, the controls' Δ and real − control with its paired
+    interval."""
+    sel = [r for r in rows if r["family"] == fam and r["metric"] == metric and r["filter"] == filt]
+    hib = next((higher.get(r["task"], {}).get(metric) for r in sel if higher.get(r["task"], {}).get(metric) is not None), True)
+    entry = {"metric": metric, "filter": filt, "higher_is_better": bool(hib),
+             "baseline": finite_mean([r["value"] for r in sel if r["cell"] == "baseline"]),
+             "n_languages": len({r["column"] for r in sel if r["cell"] == "baseline"}), "interventions": {}}
+    for op in ops:
+        per = {}
+        for side, flag in (("self", True), ("cross", False)):
+            part = [r for r in sel if r["intervention"] == op and r["self"] is flag and r["delta"] is not None]
+            lo, hi = mean_delta_interval([pairs[k] for r in part if (k := (r["cell"], r["task"], metric, filt)) in pairs])
+            per[side] = {"delta": finite_mean([r["delta"] for r in part]), "ci": [_num(lo), _num(hi)], "n": len(part)}
+            if controls[op]:  # the same cells on random-neuron controls: their mean Δ, and real − control
+                cparts = [[r for r in sel if r["intervention"] == c and r["self"] is flag and r["delta"] is not None]
+                          for c in controls[op]]
+                ctrl = finite_mean([finite_mean([r["delta"] for r in cp]) for cp in cparts])
+                per[side]["control_delta"] = ctrl
+                per[side]["minus_control"] = (None if ctrl is None or per[side]["delta"] is None
+                                              else per[side]["delta"] - ctrl)
+                lo, hi = minus_controls_interval(
+                    [pairs.get((r["cell"], r["task"], metric, filt)) for r in part],
+                    [[pairs.get((r["cell"], r["task"], metric, filt)) for r in cp] for cp in cparts])
+                per[side]["minus_control_ci"] = [_num(lo), _num(hi)]
+        entry["interventions"][op] = per
+    return entry
+
+
 def model_board(summary: dict, pairs: dict, higher: dict) -> dict:
     """One model's leaderboard entry from its grid summary; ``pairs``: ``{(cell, task, metric, filter):
     bootstrap replicates of Δ}``; ``higher``: ``{task: {metric: higher_is_better}}`` from lm-eval's results."""
@@ -66,27 +100,11 @@ def model_board(summary: dict, pairs: dict, higher: dict) -> dict:
     every = list(dict.fromkeys(r["intervention"] for r in rows if r["cell"] != "baseline"))
     ops = [op for op in every if control_of(op) is None]  # real interventions; their controls are paired below
     controls = {op: [c for c in every if (k := control_of(c)) and k[1] == op] for op in ops}
-    families = {}
+    families, steering = {}, {}
     for fam, (metric, filt) in primary_metrics(rows).items():
-        sel = [r for r in rows if r["family"] == fam and r["metric"] == metric and r["filter"] == filt]
-        hib = next((higher.get(r["task"], {}).get(metric) for r in sel if higher.get(r["task"], {}).get(metric) is not None), True)
-        entry = {"metric": metric, "filter": filt, "higher_is_better": bool(hib),
-                 "baseline": finite_mean([r["value"] for r in sel if r["cell"] == "baseline"]),
-                 "n_languages": len({r["column"] for r in sel if r["cell"] == "baseline"}), "interventions": {}}
-        for op in ops:
-            per = {}
-            for side, flag in (("self", True), ("cross", False)):
-                part = [r for r in sel if r["intervention"] == op and r["self"] is flag and r["delta"] is not None]
-                lo, hi = mean_delta_interval([pairs[k] for r in part if (k := (r["cell"], r["task"], metric, filt)) in pairs])
-                per[side] = {"delta": finite_mean([r["delta"] for r in part]), "ci": [_num(lo), _num(hi)], "n": len(part)}
-                if controls[op]:  # the same cells on random-neuron controls: their mean Δ, and real − control
-                    ctrl = finite_mean([finite_mean([r["delta"] for r in sel if r["intervention"] == c and r["self"] is flag
-                                                     and r["delta"] is not None]) for c in controls[op]])
-                    per[side]["control_delta"] = ctrl
-                    per[side]["minus_control"] = (None if ctrl is None or per[side]["delta"] is None
-                                                  else per[side]["delta"] - ctrl)
-            entry["interventions"][op] = per
-        families[fam] = entry
+        families[fam] = family_entry(rows, fam, metric, filt, ops, controls, pairs, higher)
+        if metric != STEERING_METRIC and any(r["family"] == fam and r["metric"] == STEERING_METRIC for r in rows):
+            steering[fam] = family_entry(rows, fam, STEERING_METRIC, filt, ops, controls, pairs, higher)
     all_lss = {op: _num(v.get("mean_off_diagonal")) for op, v in summary.get("lss", {}).items()}
     lss = {op: v for op, v in all_lss.items() if control_of(op) is None}
     lss_control = {op: finite_mean([all_lss.get(c) for c in controls.get(op, [])]) for op in lss if controls.get(op)}
@@ -111,6 +129,8 @@ def model_board(summary: dict, pairs: dict, higher: dict) -> dict:
         op = max(score, key=lambda k: (score[k], -ops.index(k) if k in ops else 0))  # ties: the earlier one
         best = {"intervention": op, "score": score[op], "by": by}
     out = {"families": families, "lss": lss, "best": best, "interventions": ops}
+    if steering:
+        out["steering"] = steering
     if lss_control:
         out["lss_control"] = lss_control
     return out

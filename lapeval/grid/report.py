@@ -192,12 +192,16 @@ def summarize(out: Path) -> dict:
 
     if sources:
         base_m = margins(base["dir"])
+        paired = {}
         for op in interventions:
             runs = {cells[cid]["cell"]["target"]: margins(cells[cid]["dir"]) for cid in order if cid.split("/")[0] == op}
             if runs:
-                matrix = lss_metric.score_logs(base_m, runs)
+                paired[op] = lss_metric.paired_margins(base_m, runs)
+                matrix = {s: {t: lss_metric.lss(m["before"], m["after"]) for t, m in row.items()}
+                          for s, row in paired[op].items()}
                 lss_out[op] = {"matrix": matrix, **lss_metric.summarize(matrix), "sources": list(matrix),
                                "targets": list(dict.fromkeys(t for row in matrix.values() for t in row))}
+        lss_effects(lss_out, paired, {s: len(base_m[s]) for s in base_m}, resamples, int(cfg.get("seed", 1234)))
 
     from . import leaderboard
 
@@ -210,6 +214,25 @@ def summarize(out: Path) -> dict:
     s["leaderboard"] = leaderboard.build({name: leaderboard.model_board(s, pairs, higher)})
     s["provenance"] = {cid: leaderboard.provenance(cells[cid]["results"]) for cid in order}
     return s
+
+
+def lss_effects(lss_out: dict, paired: dict, n_items: dict, resamples: int, seed: int) -> None:
+    """``effects`` beside each real intervention's LSS (:func:`lapeval.lss.effects.effects`, over the facts of
+    its sample logs): the margin shift with its interval and, where its random-neuron control cells have all
+    finished (``control<k>:<op>``, the same cells), the controls' mean, real − control with a paired bootstrap
+    interval over facts, the rank and the chance-corrected LSS."""
+    from ..lss.effects import effects
+    from .config import control_of
+
+    def cells(m: dict) -> set:
+        return {(s, t) for s, row in m.items() for t in row}
+
+    for op, real in paired.items():
+        if control_of(op) is not None or not cells(real):
+            continue
+        ctrl = [m for c, m in paired.items() if (k := control_of(c)) and k[1] == op and cells(m) == cells(real)]
+        e = effects(real, n_items, ctrl or None, resamples=resamples, seed=seed)
+        lss_out[op]["effects"] = {"overall": e["overall"], "per_target": e["per_target"]}
 
 
 # ---- writing -------------------------------------------------------------------------------------
@@ -304,6 +327,60 @@ def model_info(s: dict) -> dict:
             "provenance": s.get("provenance", {})}
 
 
+def _ci_text(ci) -> str:
+    lo, hi = (ci or [None, None])[:2]
+    return "" if lo is None or hi is None else f" [{format_number(lo, 3, sign=True)}, {format_number(hi, 3, sign=True)}]"
+
+
+def comparison_markdown(s: dict) -> list[str]:
+    """The grid in one table: a row per real intervention — its LSS beside its random-neuron controls (real −
+    control with a paired bootstrap interval over facts, rank among the K + 1, chance-corrected LSS) and its
+    margin shift in nats, then per task family the self-language Δ of the leaderboard's metric with its
+    interval and, with controls, real − control with its paired interval. Empty for a grid without
+    interventions."""
+    board = next(iter(s["leaderboard"]["models"].values()), None)
+    if not board or not board["interventions"]:
+        return []
+    entries = []  # (family, entry): each family's first metric, then its off-target rate where it has one
+    for f, e in board["families"].items():
+        entries += [(f, e)] + ([(f, board["steering"][f])] if f in board.get("steering", {}) else [])
+    lss = s.get("lss", {})
+    has_ctrl = any("control_mean" in (lss.get(op, {}).get("effects") or {}).get("overall", {}) for op in lss) or any(
+        "minus_control" in e["interventions"][op]["self"] for _, e in entries for op in e["interventions"])
+    head = ["intervention"]
+    if lss:
+        head += ["LSS", "margin shift (nats)"] + (["controls' LSS", "LSS − controls", "rank", "chance-corrected"]
+                                                 if has_ctrl else [])
+    for f, e in entries:
+        head += [f"{f} {e['metric']} self Δ"] + ([f"{f} {e['metric']} − controls"] if has_ctrl else [])
+    L = ["## Interventions beside their controls", "",
+         "LSS over all s ≠ t; margin shift E[Δ¹ − Δ⁰]; self Δ = mean over self-language cells of cell − baseline; "
+         "brackets: 95 % paired-bootstrap intervals (facts for LSS, documents otherwise); controls: the same cells "
+         "on random-neuron masks (same count per language and layer, same values); LSS ≈ 0.5 is what any "
+         "disruption scores.", "", "| " + " | ".join(md(h) for h in head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for op in board["interventions"]:
+        row = [md(op)]
+        if lss:
+            eff = (lss.get(op, {}).get("effects") or {}).get("overall", {})
+            row += [format_number(lss.get(op, {}).get("mean_off_diagonal"), 3),
+                    (format_number(eff.get("shift"), 3, sign=True) + _ci_text(eff.get("shift_ci"))) if eff else "–"]
+            if has_ctrl:
+                if "control_mean" in eff:
+                    row += [format_number(eff["control_mean"], 3),
+                            format_number(eff["real_minus_control"], 3, sign=True) + _ci_text(eff.get("ci")),
+                            f"{eff['rank']}/{eff['of']}", format_number(eff.get("chance_corrected"), 3)]
+                else:
+                    row += ["–"] * 4
+        for _, e in entries:
+            side = e["interventions"].get(op, {}).get("self", {})
+            row.append("–" if side.get("delta") is None else format_number(side["delta"], 3, sign=True) + _ci_text(side.get("ci")))
+            if has_ctrl:
+                mc = side.get("minus_control")
+                row.append("–" if mc is None else format_number(mc, 3, sign=True) + _ci_text(side.get("minus_control_ci")))
+        L.append("| " + " | ".join(row) + " |")
+    return L + [""]
+
+
 def _markdown(s: dict, images: list[Path]) -> str:
     cfg = s["config"]
     L = [f"# Grid: {md(cfg['model'])}", "",
@@ -316,6 +393,7 @@ def _markdown(s: dict, images: list[Path]) -> str:
         if r["cell"] == "baseline":
             L.append(f"| {md(r['task'])} | {md(r['metric'])},{md(r['filter'])} | {format_number(r['value'])} | {format_number(r['stderr'])} |")
     L.append("")
+    L += comparison_markdown(s)
     for op, l in s["lss"].items():
         src, tg = l["sources"], l["targets"]
         L += [f"## LSS, {md(op)}", "", "rows: target (amplified); columns: source (prompt) language; last column: mean over s ≠ t", "",

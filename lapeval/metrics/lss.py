@@ -127,10 +127,12 @@ def read_samples(path: str | Path) -> dict[str, dict[int, dict]]:
     return out
 
 
-def score_logs(baseline: dict, intervened: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """LSS matrix {s: {t: LSS(s,t)}} from a baseline log and one intervened log per target t (each as
-    returned by :func:`read_samples`). Facts are matched by doc_id and must hash alike in both runs."""
-    matrix: dict[str, dict[str, float]] = {}
+def paired_margins(baseline: dict, intervened: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Each off-diagonal cell's facts as ``{s: {t: {"ids", "before", "after"}}}`` from a baseline log and one
+    intervened log per target t (each as returned by :func:`read_samples`): Δ⁰ and Δ¹ of t's object over s's
+    per fact, ``ids`` the facts' positions among the baseline's facts of s (what
+    :func:`lapeval.lss.effects.effects` resamples). Facts are matched by doc_id and must hash alike in both runs."""
+    out: dict[str, dict[str, dict]] = {}
     for t, intv in intervened.items():
         for s, docs in intv.items():
             if s == t:
@@ -147,8 +149,18 @@ def score_logs(baseline: dict, intervened: dict[str, dict]) -> dict[str, dict[st
                 if h0 and h1 and h0 != h1:
                     raise ResultsError(f"lss_{s} doc {i}: different documents in the two runs (other data?)")
             ids = [i for i in ids if t in docs[i]["margin"]]
-            matrix.setdefault(s, {})[t] = lss([base_docs[i]["margin"][t] for i in ids], [docs[i]["margin"][t] for i in ids])
-    return matrix
+            position = {d: k for k, d in enumerate(sorted(base_docs))}
+            out.setdefault(s, {})[t] = {"ids": [position[i] for i in ids],
+                                        "before": [base_docs[i]["margin"][t] for i in ids],
+                                        "after": [docs[i]["margin"][t] for i in ids]}
+    return out
+
+
+def score_logs(baseline: dict, intervened: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """LSS matrix {s: {t: LSS(s,t)}} from a baseline log and one intervened log per target t (each as
+    returned by :func:`read_samples`), over the facts :func:`paired_margins` pairs."""
+    return {s: {t: lss(m["before"], m["after"]) for t, m in row.items()}
+            for s, row in paired_margins(baseline, intervened).items()}
 
 
 def format_matrix(matrix: dict[str, dict[str, float]], summary: dict | None = None) -> str:
