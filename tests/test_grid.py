@@ -426,3 +426,10 @@ def test_self_only_tasks_run_only_in_their_own_language_cells(tmp_path, tiny_mod
 def test_self_only_refuses_what_it_cannot_mean(tmp_path, tiny_model_dir, self_only, expect):
     with pytest.raises(GridError, match=re.escape(expect)):
         _cfg(tmp_path, tiny_model_dir, _mask(tmp_path), tasks=["lss_en", "flores_ppl_fr"], self_only=self_only)
+
+
+def test_lss_tasks_with_only_diagonal_pairs_are_refused(tmp_path, tiny_model_dir):
+    """targets [fr] with lss_fr alone: LSS has no pair s ≠ t to score (it used to crash the summary's heatmap)."""
+    with pytest.raises(GridError, match=re.escape("every pair here is s = t (fr)")):
+        _cfg(tmp_path, tiny_model_dir, _mask(tmp_path), targets=["fr"], tasks=["lss_fr", "flores_ppl_fr"])
+    assert _cfg(tmp_path, tiny_model_dir, _mask(tmp_path), targets=["fr"], tasks=["lss_fr", "lss_en"]).targets == ["fr"]

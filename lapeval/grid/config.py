@@ -339,6 +339,9 @@ class GridConfig:
             if any(lss_source(t) for t in hits):
                 raise GridError(f"self_only: {printable(pattern)!r} matches LSS tasks: LSS(s, t) is cross-language by "
                                 "construction (s ≠ t); leave the lss_* tasks out of self_only")
+        if lss_sources and self.targets and all(src == t for src in lss_sources for t in self.targets):
+            raise GridError(f"tasks: LSS(s, t) scores a target t on sources s ≠ t, and every pair here is s = t "
+                            f"({', '.join(sorted(set(lss_sources)))}): add lss_<s> tasks of other languages")
         if lss_sources and "self" in self.targets:
             raise GridError("targets: self with LSS tasks: LSS(s, t) needs explicit targets t (list their codes)")
         if lss_sources:  # every LSS source has facts (before anything loads)

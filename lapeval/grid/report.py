@@ -195,8 +195,8 @@ def summarize(out: Path) -> dict:
         paired = {}
         for op in interventions:
             runs = {cells[cid]["cell"]["target"]: margins(cells[cid]["dir"]) for cid in order if cid.split("/")[0] == op}
-            if runs:
-                paired[op] = lss_metric.paired_margins(base_m, runs)
+            if runs and (pm := lss_metric.paired_margins(base_m, runs)):  # none: every pair on the diagonal
+                paired[op] = pm
                 matrix = {s: {t: lss_metric.lss(m["before"], m["after"]) for t, m in row.items()}
                           for s, row in paired[op].items()}
                 lss_out[op] = {"matrix": matrix, **lss_metric.summarize(matrix), "sources": list(matrix),
