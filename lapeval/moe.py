@@ -1,0 +1,419 @@
+"""Neurons of mixture-of-experts FFNs (docs/method §12): where they live and how LAPE counts them.
+
+A routed FFN replaces the dense FFN by E experts, each a gated MLP of width d_e, and a router choosing the
+top k of them per token; some families add always-on shared experts (dense FFNs). A neuron is
+(layer, expert, j); one layer's neurons are flattened **expert-major**:
+
+    index(e, j) = e · d_e + j                      routed expert e ∈ [0, E), j ∈ [0, d_e)
+    index(s, j) = E · d_e + offset_s + j           shared FFN s, after every routed expert, in finder order
+
+so ``d_ff = E · d_e + Σ shared widths``. A layer of a mixed model whose FFN is dense (DeepSeek-V3's first
+``first_k_dense_replace`` layers, Qwen3-MoE's ``mlp_only_layers``) is a site with no routed experts (E = 0)
+whose dense FFN is its one always-on part.
+
+In transformers 5.x the experts of a layer are one fused module holding 3-D parameters for all experts
+(``gate_up_proj [E, 2·d_e, hidden]``, ``down_proj [E, hidden, d_e]``, or both transposed) and a
+non-linearity ``act_fn``; its forward receives the flattened tokens ``[N, hidden]`` and the router's choice
+``top_k_index [N, k]`` and evaluates ``act_fn(gate)`` on rows that are (token, expert) pairs, in an order set
+by the experts implementation (``config._experts_implementation``). :func:`expert_rows` gives that order; a
+forward pre-hook on the experts module captures ``top_k_index`` and a forward hook on ``act_fn`` consumes the
+rows call by call (:class:`ExpertActivationCounter`). Everything is found from module structure, never from
+the model's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .sites import (
+    UnsupportedModelError,
+    _is_nonlinearity,
+    _site_in,
+    decoder_layers,
+    hidden_size_of,
+)
+
+IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm")  # the experts implementations whose row order is known
+_TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k")
+
+
+@dataclass
+class SharedFFN:
+    """An always-on dense FFN of a routed layer (a shared expert, or a mixed model's dense layer):
+    ``module``'s forward output is its activation ``[..., width]``."""
+
+    name: str  # path of the non-linearity, e.g. "model.layers.1.mlp.shared_expert.act_fn"
+    module: nn.Module
+    width: int
+    container: nn.Module = field(repr=False)
+    attr: str = ""
+
+
+@dataclass
+class ExpertSite:
+    """One layer's routed FFN: E experts of width d_e chosen top_k at a time, plus always-on shared FFNs.
+
+    ``act`` is the experts' non-linearity; None where the family calls no separate module (GPT-OSS: its
+    activation is written inside ``experts._apply_gate``, observed by :func:`_probe_gate`)."""
+
+    layer: int
+    name: str  # path of the block holding router and experts, e.g. "model.layers.1.mlp"
+    block: nn.Module = field(repr=False)
+    experts_name: str = ""
+    experts: nn.Module | None = field(default=None, repr=False)
+    router_name: str = ""
+    router: nn.Module | None = field(default=None, repr=False)
+    act_name: str = ""
+    act: nn.Module | None = field(default=None, repr=False)
+    n_experts: int = 0
+    d_expert: int = 0
+    top_k: int = 0
+    transposed: bool = False  # expert weights stored [E, in, out] instead of [E, out, in]
+    gated: bool = True
+    shared: list[SharedFFN] = field(default_factory=list)
+
+    @property
+    def d_routed(self) -> int:
+        """E · d_e: the routed experts' neurons, indices [0, E·d_e)."""
+        return self.n_experts * self.d_expert
+
+    @property
+    def d_ff(self) -> int:
+        """E · d_e + the shared FFNs' widths: the layer's neuron count."""
+        return self.d_routed + sum(s.width for s in self.shared)
+
+    @property
+    def shared_offsets(self) -> list[int]:
+        """Where each shared FFN's neurons start in the flattened layer (after the routed ones)."""
+        offsets, at = [], self.d_routed
+        for s in self.shared:
+            offsets.append(at)
+            at += s.width
+        return offsets
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.block.parameters()).device
+
+
+# ---- structure -----------------------------------------------------------------------------------
+def _expert_layout(experts: nn.Module, hidden: int) -> tuple[int, int, bool, bool] | None:
+    """(E, d_e, transposed, gated) of a fused experts module, from its direct 3-D parameters alone.
+
+    Read each weight [E, a, b] as (in, out) = (b, a), or (a, b) when transposed. The down projection maps
+    d_e → hidden; the rest map hidden → 2·d_e (fused gate_up), hidden → d_e twice (gate and up apart) or
+    hidden → d_e once (ungated). Where both readings fit, the module's own ``is_transposed`` decides."""
+    ws = [p for p in experts.parameters(recurse=False) if p.dim() == 3]
+    if len(ws) not in (2, 3) or len({int(w.shape[0]) for w in ws}) != 1:
+        return None
+    n = int(ws[0].shape[0])
+    fits = set()
+    for transposed in (False, True):
+        io = [(int(w.shape[1]), int(w.shape[2])) if transposed else (int(w.shape[2]), int(w.shape[1])) for w in ws]
+        for k, (d, out) in enumerate(io):
+            ups = [s for j, s in enumerate(io) if j != k]
+            if out != hidden or any(i != hidden for i, _ in ups):
+                continue
+            outs = sorted(o for _, o in ups)
+            if outs in ([2 * d], [d, d], [d]):
+                fits.add((n, d, transposed, outs != [d]))
+    if len(fits) > 1 and isinstance(getattr(experts, "is_transposed", None), bool):
+        fits = {f for f in fits if f[2] == experts.is_transposed}
+    return fits.pop() if len(fits) == 1 else None
+
+
+def _router_of(block: nn.Module, skip: nn.Module, n_experts: int, hidden: int) -> tuple[str, nn.Module] | None:
+    """The child of ``block`` (other than the experts) holding a direct 2-D parameter [E, hidden]."""
+    hits = [(n, c) for n, c in block.named_children() if c is not skip and any(
+        p.dim() == 2 and tuple(p.shape) == (n_experts, hidden) for p in c.parameters(recurse=False))]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _top_k_of(router: nn.Module, model: nn.Module) -> int | None:
+    """The router's ``top_k`` attribute, else the config's experts-per-token count."""
+    k = getattr(router, "top_k", None)
+    if isinstance(k, int) and k > 0:
+        return k
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for key in _TOP_K_KEYS:
+        if isinstance(getattr(cfg, key, None), int) and getattr(cfg, key) > 0:
+            return int(getattr(cfg, key))
+    return None
+
+
+def _shared_in(block: nn.Module, skip: tuple[nn.Module, ...], hidden: int, prefix: str) -> list[SharedFFN]:
+    """Dense FFNs (the dense finder's rule, :func:`lapeval.sites._site_in`) among ``block``'s other children."""
+    found = []
+    for child_name, child in block.named_children():
+        if any(child is s for s in skip):
+            continue
+        for path, container in child.named_modules():
+            if (hit := _site_in(container, hidden)) is not None:
+                attr, act, width, _ = hit
+                name = ".".join(p for p in (prefix, child_name, path, attr) if p)
+                found.append(SharedFFN(name, act, width, container, attr))
+    return found
+
+
+def _routed_site(layer: int, block: nn.Module, prefix: str, hidden: int, model: nn.Module) -> ExpertSite | None:
+    """If ``block`` holds a fused experts module and its router, the layer's site."""
+    for experts_name, experts in block.named_children():
+        if (layout := _expert_layout(experts, hidden)) is None:
+            continue
+        n, d, transposed, gated = layout
+        if (router := _router_of(block, experts, n, hidden)) is None:
+            continue
+        acts = [(a, m) for a, m in experts.named_children() if _is_nonlinearity(m)]
+        if len(acts) == 1:
+            act_name, act = f"{prefix}.{experts_name}.{acts[0][0]}", acts[0][1]
+        elif not acts and gated and callable(getattr(experts, "_apply_gate", None)) and hasattr(
+                experts, "is_concatenated"):
+            act_name, act = f"{prefix}.{experts_name}._apply_gate", None
+        else:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} layer {layer}: the experts module {prefix}.{experts_name} has no single "
+                "non-linearity module (act_fn) nor a gate function (_apply_gate) to observe")
+        top_k = _top_k_of(router[1], model)
+        if top_k is None:
+            raise UnsupportedModelError(f"{type(model).__name__} layer {layer}: the router {prefix}.{router[0]} "
+                                        f"names no top_k and the config no {' / '.join(_TOP_K_KEYS)}")
+        shared = _shared_in(block, (experts, router[1]), hidden, prefix)
+        return ExpertSite(layer, prefix, block, f"{prefix}.{experts_name}", experts, f"{prefix}.{router[0]}",
+                          router[1], act_name, act, n, d, top_k, transposed, gated, shared)
+    return None
+
+
+def _modules_outside_attention(layer: nn.Module):
+    for path, module in layer.named_modules():
+        if not re.search(r"attn|attention", path, re.IGNORECASE):
+            yield path, module
+
+
+def find_expert_sites(model: nn.Module, untie: bool = True) -> list[ExpertSite]:
+    """Every decoder layer's routed FFN, in layer order (a dense layer of a mixed model: E = 0 and its FFN
+    as the one always-on part). A model with no routed FFN at all raises a one-line UnsupportedModelError:
+    dense models go through :func:`lapeval.sites.find_sites`."""
+    layers_name, layers = decoder_layers(model)
+    hidden = hidden_size_of(model)
+    found: list[ExpertSite] = []
+    for i, layer in enumerate(layers):
+        base = f"{layers_name}.{i}"
+        site = next((s for path, block in _modules_outside_attention(layer)
+                     if (s := _routed_site(i, block, ".".join(p for p in (base, path) if p), hidden, model))), None)
+        if site is None:
+            dense = next(((path, c, hit) for path, c in _modules_outside_attention(layer)
+                          if (hit := _site_in(c, hidden)) is not None), None)
+            if dense is None:
+                raise UnsupportedModelError(f"{type(model).__name__} layer {i}: neither a routed FFN nor a dense "
+                                            "FFN found")
+            path, container, (attr, act, width, _) = dense
+            prefix = ".".join(p for p in (base, path) if p)
+            site = ExpertSite(i, prefix, container, shared=[SharedFFN(f"{prefix}.{attr}", act, width, container, attr)])
+        found.append(site)
+    if not any(s.n_experts for s in found):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no routed FFN found (looked in each decoder layer for a module holding a "
+            "router with weight [E, hidden] and an experts module with 3-D weights [E, ·, ·]); dense models use "
+            "find_sites")
+    if untie:
+        _untie(found)
+    return found
+
+
+def _untie(found: list[ExpertSite]) -> None:
+    """A non-linearity module met twice (shared by layers or FFNs) gets one copy per use (its own hook)."""
+    seen: set[int] = set()
+    for site in found:
+        if site.act is not None:
+            if id(site.act) in seen:
+                site.act = copy.deepcopy(site.act)
+                setattr(site.experts, site.act_name.rpartition(".")[2], site.act)
+            seen.add(id(site.act))
+        for s in site.shared:
+            if id(s.module) in seen:
+                s.module = copy.deepcopy(s.module)
+                setattr(s.container, s.attr, s.module)
+            seen.add(id(s.module))
+
+
+# ---- row order -----------------------------------------------------------------------------------
+def implementation_of(experts: nn.Module) -> str:
+    """The experts implementation the module's forward dispatches to (None in the config: the eager forward)."""
+    return getattr(getattr(experts, "config", None), "_experts_implementation", None) or "eager"
+
+
+def expert_rows(implementation: str, top_k_index: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token [S], expert [S]) of every row the experts' non-linearity sees in one forward, in the order the
+    rows arrive, all of that forward's calls one after the other. ``top_k_index`` is [N, k] (N flattened
+    tokens); pair p = n·k + s is token n's s-th choice.
+
+    * ``eager``: one call per expert hit, experts ascending; inside a call the rows are
+      ``torch.where(one_hot(top_k_index)[:, :, e].T)``, i.e. ordered by top-k slot, then token.
+    * ``batched_mm``: one call over all pairs, token-major: row p is pair p.
+    * ``grouped_mm``: one call over the pairs sorted by expert with ``torch.sort(top_k_index.reshape(-1))``
+      (the same call, hence the same permutation, as transformers makes): row r is pair perm[r].
+    """
+    N, k = top_k_index.shape
+    flat = top_k_index.reshape(-1)
+    pair = torch.arange(N * k, device=flat.device)
+    if implementation == "batched_mm":
+        order = pair
+    elif implementation == "grouped_mm":
+        order = torch.sort(flat)[1]
+    elif implementation == "eager":
+        keep = flat < n_experts  # expert-parallel sentinels are skipped by the eager loop
+        slot, token = pair % k, pair // k
+        order = torch.argsort(flat * (k * N) + slot * N + token)[: int(keep.sum())]
+    else:
+        raise UnsupportedModelError(
+            f"experts implementation {implementation!r}: lapeval knows the row order of "
+            f"{', '.join(IMPLEMENTATIONS)} only; load the model with experts_implementation='grouped_mm'")
+    return order // k, flat[order]
+
+
+def _probe_gate(experts: nn.Module, observe: Callable[[torch.Tensor], None]) -> Callable[[], object]:
+    """For experts with no non-linearity module (GPT-OSS): wrap the instance's ``_apply_gate(gate_up)`` so that
+    ``observe(gate)`` sees the gate half of its input (``gate_up[..., ::2]`` when gate and up are interleaved,
+    ``chunk(2)[0]`` when concatenated) before the original runs. GPT-OSS's activation
+    ``min(g, limit) · σ(α · min(g, limit))`` is positive exactly where g > 0 (limit > 0), so the gate's sign
+    is the neuron's. Returns the function that restores the class's method."""
+    original = experts._apply_gate
+    interleaved = not experts.is_concatenated
+
+    def apply_gate(gate_up):
+        observe(gate_up[..., ::2] if interleaved else gate_up.chunk(2, dim=-1)[0])
+        return original(gate_up)
+
+    experts._apply_gate = apply_gate
+    return lambda: experts.__dict__.pop("_apply_gate", None)
+
+
+# ---- counting ------------------------------------------------------------------------------------
+class _Handle:
+    def __init__(self, remove):
+        self.remove = remove
+
+
+class ExpertActivationCounter:
+    """Hooks on routed FFNs counting, for the tokens marked counted, what LAPE needs (docs/method §12):
+
+    * ``over_zero[layer][d_ff]`` (int64): at e·d_e + j, the counted tokens routed to expert e whose neuron j
+      is > 0 (an unrouted token counts as not activated); at a shared FFN's index, every counted token whose
+      neuron is > 0;
+    * ``routed[layer][E]`` (int64): the counted tokens whose top-k holds e.
+
+    Before each forward, :meth:`set_batch` gives the counted-token mask ``[B, T]`` (padding False). Use as a
+    context manager: hooks are always removed on exit. The hooks only observe: the model's outputs are
+    unchanged.
+    """
+
+    def __init__(self, expert_sites: list[ExpertSite]):
+        self.sites = expert_sites
+        self.over_zero = [torch.zeros(s.d_ff, dtype=torch.int64, device=s.device) for s in expert_sites]
+        self.routed = [torch.zeros(s.n_experts, dtype=torch.int64, device=s.device) for s in expert_sites]
+        self._counted: torch.Tensor | None = None
+        self._plan: list[dict | None] = [None] * len(expert_sites)
+        self._handles: list = []
+
+    def set_batch(self, counted: torch.Tensor) -> None:
+        """``counted``: bool ``[B, T]``, True for the tokens to count."""
+        self._counted = counted.reshape(-1).bool()
+
+    def _counted_on(self, device: torch.device, n: int) -> torch.Tensor:
+        if self._counted is None:
+            raise RuntimeError("ExpertActivationCounter: call set_batch(counted) before each forward")
+        if self._counted.numel() != n:
+            raise RuntimeError(f"ExpertActivationCounter: the mask counts {self._counted.numel()} tokens, the "
+                               f"forward has {n}")
+        return self._counted.to(device, non_blocking=True)
+
+    def _pre_hook(self, i: int):
+        """Before the experts' forward: its top_k_index (the one integer tensor among its inputs) → the row plan,
+        and the routed counts."""
+        site = self.sites[i]
+
+        def hook(module, args, kwargs):
+            tensors = list(args) + list(kwargs.values())
+            index = next(t for t in tensors if isinstance(t, torch.Tensor) and not t.is_floating_point())
+            top_k_index = index.reshape(-1, index.shape[-1])  # [N, k], N = B·T flattened tokens
+            counted = self._counted_on(top_k_index.device, top_k_index.shape[0])
+            token, expert = expert_rows(implementation_of(module), top_k_index, site.n_experts)
+            chosen = top_k_index[counted].reshape(-1)
+            chosen = chosen[chosen < site.n_experts]
+            self.routed[i] += torch.bincount(chosen, minlength=site.n_experts).to(self.routed[i].device)
+            self._plan[i] = {"token": token, "expert": expert, "counted": counted, "at": 0}
+
+        return hook
+
+    def _post_hook(self, i: int):
+        """After the experts' forward: every planned row was seen, else the implementation is not the one read."""
+        site = self.sites[i]
+
+        def hook(module, args, out):
+            plan, self._plan[i] = self._plan[i], None
+            if plan is not None and plan["at"] != plan["token"].numel():
+                raise UnsupportedModelError(
+                    f"{site.experts_name}: its non-linearity saw {plan['at']} rows, the "
+                    f"{implementation_of(module)!r} row order {plan['token'].numel()}; this experts implementation "
+                    "bypasses the non-linearity module, use experts_implementation='grouped_mm'")
+
+        return hook
+
+    def _observe(self, i: int, a: torch.Tensor) -> None:
+        """One call's rows a [R, d_e]: the next R rows of the plan; counted rows add (a > 0) at e·d_e + j."""
+        plan, site = self._plan[i], self.sites[i]
+        if plan is None:  # called outside the experts' forward: not a routed row
+            return
+        rows = a.reshape(-1, site.d_expert)
+        at, r = plan["at"], rows.shape[0]
+        token, expert = plan["token"][at:at + r], plan["expert"][at:at + r]
+        plan["at"] = at + r
+        keep = plan["counted"][token]
+        fired = (rows[keep] > 0).to(torch.int64)
+        routed = self.over_zero[i][: site.d_routed].view(site.n_experts, site.d_expert)
+        routed.index_add_(0, expert[keep].to(routed.device), fired.to(routed.device))
+
+    def _act_hook(self, i: int):
+        def hook(module, inputs, out):
+            self._observe(i, out)
+
+        return hook
+
+    def _shared_hook(self, i: int, offset: int, width: int):
+        """An always-on FFN: every counted token adds (a > 0) at offset + j."""
+        def hook(module, inputs, out):
+            a = out.reshape(-1, width)
+            counted = self._counted_on(a.device, a.shape[0])
+            self.over_zero[i][offset:offset + width] += (a[counted] > 0).sum(0).to(self.over_zero[i].device)
+
+        return hook
+
+    def __enter__(self):
+        try:
+            for i, site in enumerate(self.sites):
+                if site.n_experts:
+                    self._handles.append(site.experts.register_forward_pre_hook(self._pre_hook(i), with_kwargs=True))
+                    self._handles.append(site.experts.register_forward_hook(self._post_hook(i)))
+                    if site.act is not None:
+                        self._handles.append(site.act.register_forward_hook(self._act_hook(i)))
+                    else:
+                        self._handles.append(_Handle(_probe_gate(site.experts, lambda g, i=i: self._observe(i, g))))
+                for s, offset in zip(site.shared, site.shared_offsets):
+                    self._handles.append(s.module.register_forward_hook(self._shared_hook(i, offset, s.width)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._plan = [None] * len(self.sites)
+        return False
