@@ -155,6 +155,16 @@ def user_sites(model: nn.Module, pattern: str) -> list[Site]:
     return sites
 
 
+def holds_fused_experts(module: nn.Module) -> bool:
+    """Whether ``module`` or a submodule holds the fused experts of a routed FFN: two or more 3-D parameters
+    sharing their first dimension (one slice per expert; :mod:`lapeval.moe`)."""
+    for m in module.modules():
+        ws = [p for p in m.parameters(recurse=False) if p.dim() == 3]
+        if len(ws) >= 2 and len({int(w.shape[0]) for w in ws}) == 1:
+            return True
+    return False
+
+
 def find_sites(model: nn.Module, untie: bool = True, site: str | None = None) -> list[Site]:
     """Every layer's neuron site, in layer order: found from module structure, or named by ``site`` (a
     pattern with ``{layer}``, :func:`user_sites`). Raises UnsupportedModelError naming what was looked for."""
@@ -164,6 +174,10 @@ def find_sites(model: nn.Module, untie: bool = True, site: str | None = None) ->
     hidden = hidden_size_of(model)
     sites: list[Site] = []
     for i, layer in enumerate(layers):
+        if holds_fused_experts(layer):  # a shared expert beside them would pass for the layer's one FFN
+            raise UnsupportedModelError(
+                f"{type(model).__name__} layer {i}: a routed (mixture-of-experts) FFN: its neurons live inside the "
+                "experts, which identify and lape do not act on yet (lapeval.moe finds and counts them; issue 25)")
         found = None
         for path, container in layer.named_modules():
             if re.search(r"attn|attention", path.split(".")[-1] if path else "", re.IGNORECASE):

@@ -134,6 +134,9 @@ def test_finder_reads_every_routed_family(family):
     assert sites[1].name == "model.layers.1.mlp"
     if family == "qwen2_moe":
         assert sites[1].shared[0].name == "model.layers.1.mlp.shared_expert.act_fn"
+    with pytest.raises(UnsupportedModelError) as err:  # the dense finder never takes a shared expert for the FFN
+        find_sites(moe_model(family))
+    assert "\n" not in str(err.value) and "routed (mixture-of-experts) FFN" in str(err.value)
 
 
 def test_a_dense_model_keeps_find_sites_and_is_refused_here():
