@@ -11,6 +11,12 @@ Its safetensors metadata describes it: ``format`` (``lapeval.neuron_mask``), ``f
 ``languages`` (JSON list), ``n_layers``, ``d_ff``, and ``lapeval`` — a JSON object with the model id,
 revision and architecture, the neuron site, the selection method and hyper-parameters, the corpus and
 per-language token counts, and the lapeval version.
+
+Masks of routed (mixture-of-experts) models (format_version 2, so that older lapeval refuses them) index
+neurons flattened as the metadata's ``moe`` says (:func:`lapeval.moe.moe_meta`: expert-major,
+index(e, j) = e·d_expert + j, shared FFNs after the experts, narrower layers padded) and may hold, per
+language, its language-specific experts: ``L.expert_layer``, ``L.expert`` — int64 ``[m_L]``, sorted by
+(layer, expert). Interventions and the reference formats are dense: they refuse these masks.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from .errors import LapevalError
 from .languages import PAPER1_LANGUAGES, PAPER2_LANGUAGES, normalize, parse_list
 
 FORMAT = "lapeval.neuron_mask"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this lapeval reads; dense masks are still written as 1
+_MOE_VERSION = 2
+NO_MOE_INTERVENTION = "interventions (lape, lss, grid, search-factor) do not act on routed experts yet (issue 25)"
 VALUE_KINDS = ("p_max", "p_median")
 
 
@@ -46,7 +54,7 @@ class CorruptMaskError(MaskError):
 MAX_LAYERS = 4096
 MAX_NEURONS = 1 << 26  # n_layers × d_ff
 _META_TYPES = {"site": dict, "selection": dict, "collect": dict, "n_tokens": dict, "n_sentences": dict,
-               "d_ff_inferred": bool, "control": dict}
+               "d_ff_inferred": bool, "control": dict, "moe": dict, "expert_selection": dict}
 
 
 def _check_shape(n_layers: int, d_ff: int, where: str, fix: str = "re-create the mask with lapeval identify or select") -> None:
@@ -98,6 +106,7 @@ class NeuronMask:
     sets: dict[str, LanguageNeurons]
     meta: dict = field(default_factory=dict)
     path: Path | None = None
+    experts: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # lang -> (layer, expert)
 
     # ---- building -------------------------------------------------------------------------------
     @classmethod
@@ -107,9 +116,11 @@ class NeuronMask:
         languages: list[str],
         values: dict[str, torch.Tensor] | None = None,
         meta: dict | None = None,
+        experts: torch.Tensor | None = None,
     ) -> "NeuronMask":
         """From a bool tensor ``[n_langs, n_layers, d_ff]`` (neuron (l, j) belongs to language i) and
-        optional per-language value tensors of the same shape (``p_max``, ``p_median``)."""
+        optional per-language value tensors of the same shape (``p_max``, ``p_median``); ``experts``: bool
+        ``[n_langs, n_layers, E]`` (routed models: expert e of layer l belongs to language i)."""
         n_langs, n_layers, d_ff = assigned.shape
         if n_langs != len(languages):
             raise MaskError(f"{n_langs} assignment rows for {len(languages)} languages")
@@ -118,7 +129,32 @@ class NeuronMask:
             layer, neuron = torch.nonzero(assigned[i], as_tuple=True)  # row-major: sorted by (l, j)
             vals = {k: v[i][layer, neuron].to(torch.float32) for k, v in (values or {}).items()}
             sets[lang] = LanguageNeurons(layer.long(), neuron.long(), vals)
-        return cls(list(languages), n_layers, d_ff, sets, dict(meta or {}))
+        by_lang = {}
+        if experts is not None:
+            for i, lang in enumerate(languages):
+                layer, expert = torch.nonzero(experts[i], as_tuple=True)
+                by_lang[lang] = (layer.long(), expert.long())
+        return cls(list(languages), n_layers, d_ff, sets, dict(meta or {}), experts=by_lang)
+
+    # ---- routed models ------------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        """Whether the neurons index a routed model's flattened experts (``moe`` metadata)."""
+        return isinstance(self.meta.get("moe"), dict)
+
+    def require_dense(self, what: str) -> None:
+        """A one-line :class:`MaskError` when this is a routed model's mask; ``what`` says why it cannot be used."""
+        if self.is_moe:
+            moe = self.meta["moe"]
+            src = f" {self.path}" if self.path else ""
+            raise MaskError(f"mask{src} is a mixture-of-experts mask ({moe.get('experts')} experts × "
+                            f"{moe.get('d_expert')} neurons per layer): {what}")
+
+    def expert_summary(self) -> dict:
+        """Per language: its experts' total and count per layer (routed masks; {} otherwise)."""
+        return {lang: {"total": int(layer.numel()),
+                       "per_layer": torch.bincount(layer, minlength=self.n_layers).tolist()}
+                for lang, (layer, _) in self.experts.items()}
 
     # ---- views ----------------------------------------------------------------------------------
     def code(self, lang: str) -> str:
@@ -181,6 +217,7 @@ class NeuronMask:
                 for lang in self.languages
             },
             "values": [k for k in VALUE_KINDS if self.has_values(k)],
+            **({"experts": self.expert_summary()} if self.is_moe else {}),
             "meta": self.meta,
         }
 
@@ -205,10 +242,13 @@ class NeuronMask:
             tensors[f"{lang}.neuron"] = s.neuron.to(torch.int64).contiguous()
             for k, v in s.values.items():
                 tensors[f"{lang}.{k}"] = v.to(torch.float32).contiguous()
+            if lang in self.experts:
+                tensors[f"{lang}.expert_layer"] = self.experts[lang][0].to(torch.int64).contiguous()
+                tensors[f"{lang}.expert"] = self.experts[lang][1].to(torch.int64).contiguous()
         meta = {**self.meta, "lapeval_version": __version__}
         header = {
             "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
+            "format_version": str(_MOE_VERSION if self.is_moe else 1),
             "languages": json.dumps(self.languages),
             "n_layers": str(self.n_layers),
             "d_ff": str(self.d_ff),
@@ -277,7 +317,8 @@ class NeuronMask:
                 raise CorruptMaskError(f"{bad}: the neurons of {lang} are not sorted by (layer, neuron) without repeats; "
                                        "re-save it with lapeval select")
             sets[lang] = s
-        return cls(languages, n_layers, d_ff, sets, meta, path)
+        experts = _load_experts(tensors, languages, n_layers, meta, bad)
+        return cls(languages, n_layers, d_ff, sets, meta, path, experts)
 
     def sha256(self) -> str:
         """The sha256 of the mask's file, hashed once per object (a mask is not changed after loading or
@@ -288,6 +329,34 @@ class NeuronMask:
         if memo is None or memo[0] != self.path:
             memo = self.__dict__["_sha256"] = (self.path, sha256_file(self.path))
         return memo[1]
+
+
+def _load_experts(tensors: dict, languages: list[str], n_layers: int, meta: dict, bad: str) -> dict:
+    """The ``L.expert_layer`` / ``L.expert`` pairs of a routed mask, checked: 1-D integer tensors of one length,
+    layer < n_layers, expert < the metadata's ``moe.experts``, sorted by (layer, expert) without repeats."""
+    out = {}
+    for lang in languages:
+        keys = (f"{lang}.expert_layer", f"{lang}.expert")
+        if not any(k in tensors for k in keys):
+            continue
+        n_experts = meta.get("moe", {}).get("experts") if isinstance(meta.get("moe"), dict) else None
+        if not all(k in tensors for k in keys) or not isinstance(n_experts, int):
+            raise CorruptMaskError(f"{bad}: {lang} has expert tensors without both {' and '.join(keys)} and the "
+                                   "moe.experts metadata; re-save it with lapeval select")
+        layer, expert = tensors[keys[0]], tensors[keys[1]]
+        if (layer.dim() != 1 or expert.shape != layer.shape or layer.is_floating_point()
+                or expert.is_floating_point() or layer.dtype == torch.bool or expert.dtype == torch.bool):
+            raise CorruptMaskError(f"{bad}: {lang}'s experts are not two integer lists of one length; re-save it "
+                                   "with lapeval select")
+        layer, expert = layer.long(), expert.long()
+        if layer.numel() and (int(layer.min()) < 0 or int(layer.max()) >= n_layers or int(expert.min()) < 0
+                              or int(expert.max()) >= n_experts):
+            raise CorruptMaskError(f"{bad}: {lang} names an expert outside {n_layers} layers × {n_experts} experts")
+        flat = layer * n_experts + expert
+        if layer.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+            raise CorruptMaskError(f"{bad}: the experts of {lang} are not sorted by (layer, expert) without repeats")
+        out[lang] = (layer, expert)
+    return out
 
 
 def _try_normalize(code: str) -> str:
@@ -432,6 +501,7 @@ def export_reference(file, out: str | Path, format: str = "rucaibox") -> list[Pa
     mask, path, fmt = file if isinstance(file, NeuronMask) else NeuronMask.load(file), out, format
     if fmt not in FORMATS:
         raise MaskError(f"unknown mask format {fmt!r}: use one of {', '.join(FORMATS)}")
+    mask.require_dense(f"the {fmt} reference format holds dense FFN layers only, so it cannot be exported")
     path = Path(path)
     written = []
     torch_save([mask.per_layer(lang) for lang in mask.languages], path)

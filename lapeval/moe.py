@@ -32,11 +32,14 @@ import torch
 from torch import nn
 
 from .sites import (
+    Site,
     UnsupportedModelError,
     _is_nonlinearity,
     _site_in,
     decoder_layers,
+    find_sites,
     hidden_size_of,
+    holds_fused_experts,
 )
 
 IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm")  # the experts implementations whose row order is known
@@ -242,6 +245,58 @@ def _untie(found: list[ExpertSite]) -> None:
             seen.add(id(s.module))
 
 
+def is_routed(model: nn.Module) -> bool:
+    """Whether a decoder layer of ``model`` holds fused experts (then its neurons are one :class:`ExpertSite` per layer)."""
+    return any(holds_fused_experts(layer) for layer in decoder_layers(model)[1])
+
+
+def find_neuron_sites(model: nn.Module, site: str | None = None) -> list[Site] | list[ExpertSite]:
+    """The sites identification counts: the user's ``site`` pattern or the dense finder's
+    (:func:`lapeval.sites.find_sites`) for dense models, :func:`find_expert_sites` when the decoder layers hold
+    routed FFNs."""
+    if site or not is_routed(model):
+        return find_sites(model, site=site)
+    return find_expert_sites(model)
+
+
+def is_expert_sites(sites) -> bool:
+    return bool(sites) and isinstance(sites[0], ExpertSite)
+
+
+FLATTENING = ("index(e, j) = e·d_expert + j for routed expert e; shared FFN s at experts·d_expert + offset_s + j "
+              "(after every routed expert, in finder order); a layer narrower than d_ff is padded at the end with "
+              "neurons that never fire and are never selected")
+
+
+def moe_meta(sites: list[ExpertSite]) -> dict:
+    """What a STATS file and its masks record of a routed model's neuron layout.
+
+    Every layer's neurons are flattened as :data:`FLATTENING` and **padded to the widest layer**
+    d_ff = max_l d_ff(l): layers of one model may differ (DeepSeek-V3's first dense layers have E = 0 and only
+    their dense FFN), and a rectangular [n_layers, d_ff] keeps selection and the mask format unchanged. A
+    padded neuron (index ≥ ``layer_d_ff[l]``) never fires and selection excludes it. ``experts``,
+    ``d_expert``, ``top_k`` are those of the routed layers (one value: a model whose routed layers differ is
+    refused); ``layer_experts[l]`` is E of layer l (0 for a dense layer), ``shared[l]`` the always-on widths."""
+    routed = [s for s in sites if s.n_experts]
+    shapes = {(s.n_experts, s.d_expert, s.top_k) for s in routed}
+    if len(shapes) != 1:
+        raise UnsupportedModelError(f"routed layers differ in (experts, d_expert, top_k): {sorted(shapes)}; lapeval "
+                                    "records one expert layout per model")
+    n, d, k = shapes.pop()
+    first = routed[0]
+    pattern = lambda name: name.replace(f".{first.layer}.", ".{layer}.", 1)
+    return {
+        "experts": n, "d_expert": d, "top_k": k,
+        "layer_experts": [s.n_experts for s in sites],
+        "shared": [[f.width for f in s.shared] for s in sites],
+        "layer_d_ff": [s.d_ff for s in sites],
+        "flattening": FLATTENING,
+        "experts_module": pattern(first.experts_name),
+        "router": pattern(first.router_name),
+        "implementation": implementation_of(first.experts),
+    }
+
+
 # ---- row order -----------------------------------------------------------------------------------
 def implementation_of(experts: nn.Module) -> str:
     """The experts implementation the module's forward dispatches to (None in the config: the eager forward)."""
@@ -279,15 +334,16 @@ def expert_rows(implementation: str, top_k_index: torch.Tensor, n_experts: int) 
 
 def _probe_gate(experts: nn.Module, observe: Callable[[torch.Tensor], None]) -> Callable[[], object]:
     """For experts with no non-linearity module (GPT-OSS): wrap the instance's ``_apply_gate(gate_up)`` so that
-    ``observe(gate)`` sees the gate half of its input (``gate_up[..., ::2]`` when gate and up are interleaved,
-    ``chunk(2)[0]`` when concatenated) before the original runs. GPT-OSS's activation
-    ``min(g, limit) · σ(α · min(g, limit))`` is positive exactly where g > 0 (limit > 0), so the gate's sign
-    is the neuron's. Returns the function that restores the class's method."""
+    ``observe(a)`` sees the neurons' activation a = min(g, limit) · σ(α · min(g, limit)), the factor before the
+    product with (up + 1), computed from the gate half g of its input (``gate_up[..., ::2]`` when gate and up
+    are interleaved, ``chunk(2)[0]`` when concatenated) before the original runs. a > 0 exactly where g > 0
+    (limit > 0). Returns the function that restores the class's method."""
     original = experts._apply_gate
     interleaved = not experts.is_concatenated
 
     def apply_gate(gate_up):
-        observe(gate_up[..., ::2] if interleaved else gate_up.chunk(2, dim=-1)[0])
+        g = (gate_up[..., ::2] if interleaved else gate_up.chunk(2, dim=-1)[0]).clamp(max=experts.limit)
+        observe(g * torch.sigmoid(g * experts.alpha))
         return original(gate_up)
 
     experts._apply_gate = apply_gate
@@ -306,24 +362,62 @@ class ExpertActivationCounter:
     * ``over_zero[layer][d_ff]`` (int64): at e·d_e + j, the counted tokens routed to expert e whose neuron j
       is > 0 (an unrouted token counts as not activated); at a shared FFN's index, every counted token whose
       neuron is > 0;
-    * ``routed[layer][E]`` (int64): the counted tokens whose top-k holds e.
+    * ``routed[layer][E]`` (int64): the counted tokens whose top-k holds e;
+    * with ``n_slots`` > 0, per-text mean activations (p_max / p_median, docs/method §3.1):
+      ``slot_means[layer][slot, i]`` = (1 / n_k) Σ_{t counted in text k} a_i(t), n_k the text's counted tokens,
+      where a token not routed to expert e contributes a_{e·d_e+j}(t) = 0 (float32, on the CPU).
 
-    Before each forward, :meth:`set_batch` gives the counted-token mask ``[B, T]`` (padding False). Use as a
-    context manager: hooks are always removed on exit. The hooks only observe: the model's outputs are
-    unchanged.
+    Before each forward, :meth:`set_batch` gives the counted-token mask ``[B, T]`` (padding False) and, per row,
+    its text's slot in the first-``n_slots`` buffer (or -1). Use as a context manager: hooks are always removed
+    on exit. The hooks only observe: the model's outputs are unchanged.
     """
 
-    def __init__(self, expert_sites: list[ExpertSite]):
+    def __init__(self, expert_sites: list[ExpertSite], n_slots: int = 0):
         self.sites = expert_sites
+        self.n_slots = n_slots
         self.over_zero = [torch.zeros(s.d_ff, dtype=torch.int64, device=s.device) for s in expert_sites]
         self.routed = [torch.zeros(s.n_experts, dtype=torch.int64, device=s.device) for s in expert_sites]
+        self.slot_means = [torch.zeros(n_slots, s.d_ff, dtype=torch.float32) for s in expert_sites]
+        self.slot_filled = torch.zeros(n_slots, dtype=torch.int64)
         self._counted: torch.Tensor | None = None
+        self._shape: tuple[int, int] | None = None
+        self._slot_ids = torch.zeros(0, dtype=torch.int64)
+        self._sums: list[torch.Tensor | None] = [None] * len(expert_sites)
         self._plan: list[dict | None] = [None] * len(expert_sites)
         self._handles: list = []
 
-    def set_batch(self, counted: torch.Tensor) -> None:
-        """``counted``: bool ``[B, T]``, True for the tokens to count."""
+    def set_batch(self, counted: torch.Tensor, slots: torch.Tensor | None = None,
+                  device: torch.device | None = None) -> None:
+        """``counted``: bool ``[B, T]``, True for the tokens to count; ``slots``: int ``[B]``, each row's slot
+        for the per-text means or -1 (None: no row is kept)."""
+        self.flush()
+        B, T = counted.shape
+        self._shape = (B, T)
         self._counted = counted.reshape(-1).bool()
+        dev = device or counted.device
+        rows = (slots >= 0).nonzero().squeeze(1) if slots is not None and self.n_slots else torch.zeros(0, dtype=torch.int64)
+        self._slot_ids = slots[rows] if rows.numel() else rows
+        local = torch.full((B,), -1, dtype=torch.int64)
+        local[rows] = torch.arange(rows.numel())
+        self._row_local = local.to(dev, non_blocking=True)  # batch row → its place among the kept rows, or -1
+        self._slot_rows = rows.to(dev, non_blocking=True)
+        self._slot_mask = counted[rows].unsqueeze(-1).to(dev, non_blocking=True)  # [r, T, 1]
+        self._slot_count = counted[rows].sum(1, keepdim=True).clamp(min=1).float()  # [r, 1]
+        if rows.numel():
+            self.slot_filled[self._slot_ids] = 1
+
+    def _slot_sums(self, i: int, device: torch.device) -> torch.Tensor:
+        """This batch's Σ_t a(t) over the counted tokens of each kept row, layer i: float32 [r, d_ff]."""
+        if self._sums[i] is None:
+            self._sums[i] = torch.zeros(self._slot_ids.numel(), self.sites[i].d_ff, dtype=torch.float32, device=device)
+        return self._sums[i]
+
+    def flush(self) -> None:
+        """Write the finished batch's per-text means (Σ / n_k) into ``slot_means``."""
+        for i, sums in enumerate(self._sums):
+            if sums is not None:
+                self.slot_means[i][self._slot_ids] = (sums.cpu() / self._slot_count)
+        self._sums = [None] * len(self.sites)
 
     def _counted_on(self, device: torch.device, n: int) -> torch.Tensor:
         if self._counted is None:
@@ -378,6 +472,11 @@ class ExpertActivationCounter:
         fired = (rows[keep] > 0).to(torch.int64)
         routed = self.over_zero[i][: site.d_routed].view(site.n_experts, site.d_expert)
         routed.index_add_(0, expert[keep].to(routed.device), fired.to(routed.device))
+        if self._slot_ids.numel():
+            local = self._row_local.to(rows.device)[token // self._shape[1]]
+            kept = keep & (local >= 0)
+            sums = self._slot_sums(i, rows.device)[:, : site.d_routed].view(-1, site.n_experts, site.d_expert)
+            sums.index_put_((local[kept], expert[kept]), rows[kept].float(), accumulate=True)
 
     def _act_hook(self, i: int):
         def hook(module, inputs, out):
@@ -386,11 +485,14 @@ class ExpertActivationCounter:
         return hook
 
     def _shared_hook(self, i: int, offset: int, width: int):
-        """An always-on FFN: every counted token adds (a > 0) at offset + j."""
+        """An always-on FFN: every counted token adds (a > 0) at offset + j, and a to its text's sum."""
         def hook(module, inputs, out):
             a = out.reshape(-1, width)
             counted = self._counted_on(a.device, a.shape[0])
             self.over_zero[i][offset:offset + width] += (a[counted] > 0).sum(0).to(self.over_zero[i].device)
+            if self._slot_ids.numel():
+                rows = a.reshape(*self._shape, width).index_select(0, self._slot_rows.to(a.device)).float()
+                self._slot_sums(i, a.device)[:, offset:offset + width] += (rows * self._slot_mask.to(a.device)).sum(1)
 
         return hook
 
@@ -416,4 +518,5 @@ class ExpertActivationCounter:
             h.remove()
         self._handles = []
         self._plan = [None] * len(self.sites)
+        self.flush()
         return False

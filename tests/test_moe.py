@@ -221,3 +221,272 @@ def test_a_forward_that_bypasses_the_hooked_non_linearity_is_refused():
           ExpertActivationCounter(sites) as counter):
         counter.set_batch(counted)
         model(ids)
+
+
+# ---- identification end to end (collect → STATS → select → mask) -----------------------------------------
+E2E = ("qwen3_moe", "qwen2_moe", "deepseek_v3")  # no shared expert; a shared expert; a dense first layer
+LANGS = ["en", "fr", "zh"]
+BUDGET, K, MAX_LEN = 240, 4, 48
+
+
+@pytest.fixture(scope="module")
+def moe_dirs(tmp_path_factory, tiny_tokenizer):
+    """Saved tiny routed models (vocab of the tiny tokenizer, float32, seeded) with the tokenizer, by family."""
+    import transformers
+
+    made = {}
+
+    def make(family: str):
+        if family not in made:
+            cls_name, kwargs, *_ = FAMILIES[family]
+            config = getattr(transformers, cls_name)(**{**_COMMON, **kwargs, "vocab_size": 400, "bos_token_id": 1,
+                                                        "eos_token_id": 2, "pad_token_id": 0,
+                                                        "max_position_embeddings": 256})
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+            if family == "deepseek_v3":
+                for layer in model.model.layers[1:]:
+                    layer.mlp.gate.e_score_correction_bias.normal_(0, 0.05)
+            path = tmp_path_factory.mktemp(family)
+            model.save_pretrained(path)
+            tiny_tokenizer.save_pretrained(path)
+            made[family] = path
+        return made[family]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from test_stats import _write_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    _write_corpus(root, LANGS)
+    return root
+
+
+def _activations(s, x_all, top):
+    """Every token's activation [N, d_ff] of one layer from the parameters: act(W_gate,e x) at e·d_e + j when
+    the token is routed to e, else 0; a shared FFN's act(gate_proj x) at its offset."""
+    out = torch.zeros(x_all.shape[0], s.d_ff)
+    for t in range(x_all.shape[0]):
+        x = x_all[t]
+        for e in (top[t] if top is not None else []):
+            d = s.experts.gate_up_proj.shape[1] // 2
+            out[t, e * s.d_expert:(e + 1) * s.d_expert] = s.experts.act_fn(s.experts.gate_up_proj[e][:d] @ x)
+        for ffn, offset in zip(s.shared, s.shared_offsets):
+            out[t, offset:offset + ffn.width] = ffn.container.act_fn(ffn.container.gate_proj(x))
+    return out
+
+
+def reference_stats(family, path, lang_file):
+    """One sequence at a time, as collect cuts the text: over_zero / routed from slice 1's per-token reference
+    (padded to the widest layer), and the per-text means of the first K sequences from :func:`_activations`."""
+    import transformers
+
+    from lapeval.identification.stats import sequences, special_prefix
+
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    sites = find_expert_sites(model)
+    width, n_exp = max(s.d_ff for s in sites), max(s.n_experts for s in sites)
+    texts = lang_file.read_text(encoding="utf-8").splitlines()
+    prefix = len(special_prefix(tok))
+    over = torch.zeros(len(sites), width, dtype=torch.int64)
+    routed = torch.zeros(len(sites), n_exp, dtype=torch.int64)
+    means = []
+    for k, seq in enumerate(sequences(tok, texts, BUDGET, MAX_LEN)):
+        ids = torch.tensor([seq])
+        counted = torch.ones_like(ids, dtype=torch.bool)
+        counted[0, :prefix] = False
+        for l, (o, r) in enumerate(reference_counts(family, model, sites, ids, counted)):
+            over[l, : o.numel()] += o
+            routed[l, : r.numel()] += r
+        if k < K:
+            xs = _block_inputs(model, sites, ids)
+            m = torch.zeros(len(sites), width)
+            with torch.no_grad():
+                for l, s in enumerate(sites):
+                    top = s.router(xs[s.layer])[2].tolist() if s.n_experts else None
+                    m[l, : s.d_ff] = _activations(s, xs[s.layer], top)[prefix:].mean(0)
+            means.append(m)
+    return over, routed, torch.stack(means), sites
+
+
+def plain_expert_selection(routed, n_tokens, layer_experts, top_rate, rate):
+    """LAPE on r = routed / n written out with lists (independent of selection.py): {lang index: {(l, e)}}."""
+    import math
+
+    n_langs = routed.shape[0]
+    units = [(l, e) for l, n_e in enumerate(layer_experts) for e in range(n_e)]
+    r = {u: [routed[i, u[0], u[1]].item() / n_tokens[i].item() for i in range(n_langs)] for u in units}
+    pooled = sorted(v for u in units for v in r[u])
+    tau = pooled[round(rate * len(pooled)) - 1]
+
+    def entropy(ps):
+        total = sum(ps)
+        return -sum(p / total * math.log(p / total) for p in ps if p > 0) if total > 0 else 0.0
+
+    scored = sorted((entropy(r[u]) if any(p > tau for p in r[u]) else math.inf, i, u) for i, u in enumerate(units))
+    chosen = [u for _, _, u in scored[: round(top_rate * len(units))]]
+    return {i: {u for u in chosen if r[u][i] > tau} for i in range(n_langs)}
+
+
+@pytest.mark.parametrize("family", E2E)
+def test_identify_counts_routed_neurons_and_experts(family, moe_dirs, corpus, tmp_path):
+    import lapeval
+    from lapeval.identification.stats import Stats
+    from lapeval.masks import NeuronMask
+
+    path = moe_dirs(family)
+    out = tmp_path / "m.safetensors"
+    mask = lapeval.identify(str(path), LANGS, f"files:{corpus}/{{lang}}.txt", max_tokens=BUDGET, n_sentences=K,
+                            max_length=MAX_LEN, batch_size=3, top_rate=0.05, expert_top_rate=0.5, filter_rate=0.75,
+                            activation_bar_ratio=0.75, out=out,
+                            progress=False, log=lambda m: None)
+    stats = Stats.load(tmp_path / "m.stats.safetensors")
+    _, _, n_experts, d_expert, top_k, shared = FAMILIES[family]
+    for i, lang in enumerate(LANGS):
+        over, routed, means, sites = reference_stats(family, path, corpus / f"{lang}.txt")
+        assert torch.equal(stats.over_zero[i], over), (lang, (stats.over_zero[i] - over).nonzero()[:5])
+        assert torch.equal(stats.routed[i], routed)
+        torch.testing.assert_close(stats.act["act_max"][i], means.max(0).values, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stats.act["act_median"][i], means.median(0).values, rtol=1e-5, atol=1e-6)
+    assert stats.n_tokens.tolist() == [BUDGET] * 3
+    widths = [s.d_ff for s in sites]
+    assert stats.d_ff == max(widths) and stats.routed.shape == (3, 2, n_experts)
+    # the mask: its metadata, its neurons inside each layer's real width, its values, its experts
+    assert NeuronMask.load(out).meta["moe"] == mask.meta["moe"]
+    moe = mask.meta["moe"]
+    assert (moe["experts"], moe["d_expert"], moe["top_k"]) == (n_experts, d_expert, top_k)
+    assert moe["shared"] == shared and moe["layer_d_ff"] == widths and "e·d_expert + j" in moe["flattening"]
+    assert moe["layer_experts"] == [s.n_experts for s in sites]
+    assert mask.d_ff == max(widths) and mask.is_moe
+    real = sum(widths)
+    assert mask.unique_neurons() == round(0.05 * real)
+    for lang in LANGS:
+        s = mask.sets[lang]
+        assert bool((s.neuron < torch.tensor(widths)[s.layer]).all())  # never a padded neuron
+        i = LANGS.index(lang)
+        assert torch.equal(s.values["p_max"], stats.act["act_max"][i][s.layer, s.neuron])
+    plain = plain_expert_selection(stats.routed, stats.n_tokens, moe["layer_experts"], 0.5, 0.75)
+    for i, lang in enumerate(LANGS):
+        layer, expert = mask.experts[lang]
+        assert set(zip(layer.tolist(), expert.tolist())) == plain[i], lang
+    assert sum(len(v) for v in plain.values()) > 0  # the test is not vacuous
+    assert mask.meta["expert_selection"]["of"].startswith("routing frequency")
+
+
+def test_identify_cli_show_and_refusals(moe_dirs, corpus, tmp_path, capsys):
+    """The CLI on DeepSeek-V3 (a dense first layer): identify, masks show (text and JSON), export refused, the
+    mask refused by interventions, and loading the model in lape refused, each with one line."""
+    import json
+
+    from lapeval.cli import main
+    from lapeval.identification.stats import Stats
+    from lapeval.masks import MaskError, NeuronMask
+
+    path = moe_dirs("deepseek_v3")
+    out = tmp_path / "ds.safetensors"
+    rc = main(["identify", "--model", str(path), "--languages", ",".join(LANGS), "--corpus",
+               f"files:{corpus}/{{lang}}.txt", "--max-tokens", str(BUDGET), "--n-sentences", str(K), "--max-length",
+               str(MAX_LEN), "--top-rate", "0.05", "--expert-top-rate", "0.5", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "language-specific experts" in printed
+    stats = Stats.load(tmp_path / "ds.stats.safetensors")
+    over, routed, _, _ = reference_stats("deepseek_v3", path, corpus / "fr.txt")
+    assert torch.equal(stats.over_zero[1], over) and torch.equal(stats.routed[1], routed)
+    assert stats.routed[:, 0].sum() == 0 and bool((stats.routed[:, 1].sum(1) == 3 * stats.n_tokens).all())
+    assert stats.over_zero[:, 0, 20:].sum() == 0  # layer 0 (dense, 20 wide) padded to 80 with neurons never firing
+    mask = NeuronMask.load(out)
+    assert mask.n_layers == 2 and mask.d_ff == 8 * 8 + 16
+
+    assert main(["masks", "show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "experts    8 × d_expert 8, top-k 3" in text and "[[20], [16]]" in text and "[20, 80]" in text
+    assert "e·d_expert + j" in text and "experts          per layer" in text
+    assert main(["masks", "show", str(out), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    for lang in LANGS:
+        assert shown["experts"][lang]["per_layer"][0] == 0  # the dense layer has no experts
+        assert shown["experts"][lang]["total"] == len(mask.experts[lang][0])
+    assert shown["meta"]["moe"]["top_k"] == 3
+
+    rc = main(["masks", "export", str(out), "--format", "rucaibox", "--out", str(tmp_path / "x.pth")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "\n" not in err and "mixture-of-experts" in err and not (tmp_path / "x.pth").exists()
+
+    from lapeval.intervention.setting import build_setting
+
+    with pytest.raises(MaskError) as e:
+        build_setting(str(out), "fr", "set", "p_max", None)
+    assert "\n" not in str(e.value) and "issue 25" in str(e.value)
+
+    from lapeval.lm import LapeLM
+
+    with pytest.raises(UnsupportedModelError) as e:
+        LapeLM(pretrained=str(path), device="cpu", batch_size=1)
+    assert "\n" not in str(e.value) and "issue 25" in str(e.value) and "mixture-of-experts" in str(e.value)
+
+
+def test_a_mask_saved_with_experts_round_trips_and_a_corrupt_one_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lapeval.masks import CorruptMaskError, NeuronMask
+
+    assigned = torch.zeros(2, 2, 10, dtype=torch.bool)
+    assigned[0, 1, 3] = assigned[1, 0, 7] = True
+    experts = torch.zeros(2, 2, 4, dtype=torch.bool)
+    experts[0, 1, 2] = experts[1, 1, 0] = experts[1, 1, 3] = True
+    meta = {"moe": {"experts": 4, "d_expert": 2, "top_k": 1, "layer_experts": [0, 4], "shared": [[10], [2]],
+                    "layer_d_ff": [10, 10]}}
+    path = NeuronMask.from_assignment(assigned, ["en", "fr"], None, meta, experts=experts).save(tmp_path / "m.safetensors")
+    back = NeuronMask.load(path)
+    assert [(l.tolist(), e.tolist()) for l, e in back.experts.values()] == [([1], [2]), ([1, 1], [0, 3])]
+    assert back.summary()["experts"]["fr"] == {"total": 2, "per_layer": [0, 2]}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    assert header["format_version"] == "2"
+    tensors = load_file(str(path))
+    tensors["fr.expert"] = torch.tensor([0, 9])
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=header)
+    with pytest.raises(CorruptMaskError, match="outside 2 layers × 4 experts"):
+        NeuronMask.load(tmp_path / "bad.safetensors")
+
+
+def test_routed_statistics_resume_after_a_kill(moe_dirs, tiny_tokenizer, tmp_path, monkeypatch):
+    """A kill after the first language: the rerun reuses its part (routed counts and residual sums included)
+    and ends equal to an uninterrupted run."""
+    import transformers
+    from test_stats import texts_for
+
+    from lapeval.identification import stats as stats_mod
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(moe_dirs("qwen2_moe"), dtype=torch.float32).eval()
+    langs = ["en", "fr"]
+    texts_of = lambda lang: texts_for(langs.index(lang))
+    cfg = stats_mod.CollectConfig(120, 3, 32, 512, 4)
+    run = lambda out: stats_mod.collect(model, tiny_tokenizer, langs, texts_of, out, cfg, {"m": 1},
+                                        progress=False, log=lambda m: None)
+    clean = run(tmp_path / "clean.safetensors")
+    real = stats_mod.collect_language
+
+    def dies_on_fr(m, t, texts, c, sites=None, progress=None):
+        texts = list(texts)
+        if texts[0] == texts_for(1)[0]:
+            raise KeyboardInterrupt
+        return real(m, t, texts, c, sites, progress)
+
+    monkeypatch.setattr(stats_mod, "collect_language", dies_on_fr)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run.safetensors")
+    monkeypatch.setattr(stats_mod, "collect_language", real)
+    resumed = run(tmp_path / "run.safetensors")
+    assert clean.routed is not None and clean.resid_sum is not None
+    for name in ("over_zero", "routed", "n_tokens", "resid_sum"):
+        assert torch.equal(getattr(resumed, name), getattr(clean, name)), name
+    for k in clean.act:
+        assert torch.equal(resumed.act[k], clean.act[k])
+    assert bool((clean.routed.sum(2) == 2 * clean.n_tokens.view(-1, 1)).all())

@@ -40,6 +40,9 @@ def _select_args(p, stats_required: bool) -> None:
     p.add_argument("--top-rate", type=float, default=0.01, help="share of all FFN neurons selected (default 0.01)")
     p.add_argument("--filter-rate", type=float, default=0.95, help="quantile of pooled p a neuron must exceed in some language (default 0.95)")
     p.add_argument("--activation-bar-ratio", type=float, default=0.95, help="quantile of pooled p for assigning languages (default 0.95)")
+    p.add_argument("--expert-top-rate", type=float, default=None,
+                   help="mixture-of-experts models: share of all routed experts selected as language-specific "
+                   "(LAPE on routing frequencies; default: --top-rate)")
 
 
 def register(sub) -> None:
@@ -71,13 +74,16 @@ def _collect_kwargs(args) -> dict:
 
 def _select_kwargs(args) -> dict:
     return dict(method=args.method, top_rate=args.top_rate, filter_rate=args.filter_rate,
-                activation_bar_ratio=args.activation_bar_ratio)
+                activation_bar_ratio=args.activation_bar_ratio, expert_top_rate=args.expert_top_rate)
 
 
 def _report(mask, out) -> None:
     s = mask.summary()
     per = ", ".join(f"{l} {s['per_language'][l]['total']}" for l in mask.languages)
     print(f"{out}: {s['unique_neurons']} neurons ({per})")
+    if "experts" in s:
+        per = ", ".join(f"{l} {s['experts'][l]['total']}" for l in mask.languages if l in s["experts"])
+        print(f"{out}: language-specific experts ({per or 'none: the statistics hold no routed counts'})")
 
 
 def _collect(args) -> int:

@@ -72,6 +72,11 @@ def _show(args) -> int:
         ctl = meta["control"]
         lines.append(f"  control    of {str(ctl.get('of_sha256') or '?')[:16]} ({ctl.get('of')}), seed {ctl.get('seed')}; "
                      f"{ctl.get('matching')}")
+    if mask.is_moe:
+        moe = meta["moe"]
+        lines.append(f"  experts    {moe.get('experts')} × d_expert {moe.get('d_expert')}, top-k {moe.get('top_k')}, "
+                     f"shared widths per layer {moe.get('shared')}, real d_ff per layer {moe.get('layer_d_ff')}")
+        lines.append(f"  flattening {moe.get('flattening')}")
     lines.append(f"  neurons    {s['unique_neurons']} unique; values: {', '.join(s['values']) or 'none'}")
     shown = {lang: printable(lang) for lang in mask.languages}
     width = max(len(l) for l in shown.values())
@@ -81,6 +86,13 @@ def _show(args) -> int:
         pl = s["per_language"][lang]
         tokens = n_tokens.get(lang, "")
         lines.append(f"  {shown[lang]:<{width}}  {pl['total']:>5}  {tokens!s:>7}  {' '.join(f'{c:>3}' for c in pl['per_layer'])}")
+    if s.get("experts"):
+        lines.append(f"  {'lang':<{width}}  experts          per layer")
+        for lang in mask.languages:
+            if lang in s["experts"]:
+                ex = s["experts"][lang]
+                lines.append(f"  {shown[lang]:<{width}}  {ex['total']:>5}           "
+                             f"{' '.join(f'{c:>3}' for c in ex['per_layer'])}")
     for line in lines:
         print(printable(line))
     return 0

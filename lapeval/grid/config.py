@@ -543,7 +543,7 @@ def load_mask(path):
     """The :class:`~lapeval.masks.NeuronMask` of ``path``, read once per process for a given file state
     (path, size, modification time): the grid's configurations, cells and model share one object. A missing
     file is a one-line :class:`GridError`."""
-    from ..masks import NeuronMask
+    from ..masks import NO_MOE_INTERVENTION, NeuronMask
 
     p = Path(str(path)).expanduser()
     if not p.is_file():
@@ -551,7 +551,9 @@ def load_mask(path):
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _MASKS:
-        _MASKS[key] = NeuronMask.load(p)
+        mask = NeuronMask.load(p)
+        mask.require_dense(NO_MOE_INTERVENTION)
+        _MASKS[key] = mask
     return _MASKS[key]
 
 

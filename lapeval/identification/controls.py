@@ -90,6 +90,7 @@ def control_mask(mask, out=None, *, seed: int = 0, stats=None, bins: int = DEFAU
         raise UsageError(f"bins {bins!r}: give a positive integer")
     if not isinstance(mask, NeuronMask):
         mask = NeuronMask.load(Path(str(mask)).expanduser())
+    mask.require_dense("random-neuron controls are drawn for dense FFN layers only so far (issue 25)")
     if mask.meta.get("control"):
         raise MaskError(f"{mask.path or 'this mask'} is itself a control (of {mask.meta['control'].get('of_sha256', '?')[:12]}): "
                         "draw controls of the real mask")

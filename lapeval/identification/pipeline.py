@@ -26,9 +26,11 @@ def stats_meta(model_name: str, model, languages: Sequence[str], corpus: str, dt
                site: str | None = None) -> dict:
     """The provenance a STATS file (and the masks selected from it) records: model identity, site, corpus."""
     from ..models import identity
-    from ..sites import find_sites
+    from ..moe import find_neuron_sites, is_expert_sites
 
-    sites = sites or find_sites(model, site=site)
+    sites = sites or find_neuron_sites(model, site=site)
+    if is_expert_sites(sites):
+        return _moe_stats_meta(model_name, model, languages, corpus, dtype, sites)
     site_name = site or sites[0].name.replace(".0.", ".{layer}.", 1)
     return {
         **identity(model_name),
@@ -38,6 +40,32 @@ def stats_meta(model_name: str, model, languages: Sequence[str], corpus: str, dt
         "d_ff": sites[0].d_ff,
         "site": {"module": site_name, "output_of": type(sites[0].module).__name__, "gated": sites[0].gated,
                  "activated": "activation > 0", "found": "named by the user" if site else "from module structure"},
+        "languages": list(languages),
+        "corpus": corpus,
+        "dtype": dtype,
+        "counted_tokens": "real tokens of each text; padding and tokenizer prefix (BOS) excluded",
+    }
+
+
+def _moe_stats_meta(model_name: str, model, languages, corpus: str, dtype: str, sites) -> dict:
+    """:func:`stats_meta` of a routed model: the site is the experts' non-linearity (and the shared FFNs'),
+    ``d_ff`` the widest layer's E·d_e + shared widths, ``moe`` the layout (:func:`lapeval.moe.moe_meta`)."""
+    from ..models import identity
+    from ..moe import moe_meta
+
+    moe = moe_meta(sites)
+    first = next(s for s in sites if s.n_experts)
+    act = first.act_name.replace(f".{first.layer}.", ".{layer}.", 1)
+    return {
+        **identity(model_name),
+        "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
+        "model_type": getattr(model.config, "model_type", ""),
+        "n_layers": len(sites),
+        "d_ff": max(moe["layer_d_ff"]),
+        "site": {"module": act, "output_of": type(first.act).__name__ if first.act is not None else "_apply_gate",
+                 "gated": first.gated, "activated": "activation > 0; a token not routed to expert e counts as not "
+                 "activated for e's neurons", "found": "from module structure (lapeval.moe)"},
+        "moe": moe,
         "languages": list(languages),
         "corpus": corpus,
         "dtype": dtype,
@@ -108,9 +136,9 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
     check_dtype(dtype)
     check_writable(out, "--out")
     net, tok = load(model, dtype, device)
-    from ..sites import find_sites
+    from ..moe import find_neuron_sites
 
-    sites = find_sites(net, site=site)
+    sites = find_neuron_sites(net, site=site)
     cfg = CollectConfig(max_tokens, n_sentences, max_length, batch_tokens, batch_size)
     meta = stats_meta(model, net, langs, corpus, dtype, sites=sites, site=site)
     texts_of = lambda lang: corpora.texts(sources, lang)  # noqa: E731
@@ -136,7 +164,7 @@ def collect(model: str, languages, corpus: str, out, *, max_tokens: int = 100_00
 
 
 def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
-           activation_bar_ratio: float = 0.95, out=None):
+           activation_bar_ratio: float = 0.95, expert_top_rate: float | None = None, out=None):
     """The language neurons of ``stats`` (a :class:`~lapeval.identification.stats.Stats` or a STATS file) as a
     :class:`~lapeval.masks.NeuronMask` (saved to ``out`` when given).
 
@@ -147,13 +175,23 @@ def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: 
     (paper 2's baseline): every neuron whose per-text mean activation is > 0 on all kept texts of L.
     The mask stores p_max / p_median when the statistics hold them.
 
+    Routed (mixture-of-experts) statistics (``moe`` metadata): the same selection over the real neurons of
+    each layer (padding left out), and language-specific experts from the routing frequencies
+    (:func:`~lapeval.identification.selection.select_experts`, with ``expert_top_rate``, default
+    ``top_rate``) stored beside the neurons.
+
     Example::
 
         mask = lapeval.select("out/x.stats.safetensors", top_rate=0.02)
         mask.summary()["per_language"]["fr"]["total"]
     """
     from ..masks import NeuronMask
-    from .selection import select_language_activated, select_lape
+    from .selection import (
+        select_experts,
+        select_language_activated,
+        select_lape,
+        valid_units,
+    )
     from .stats import Stats
 
     if method not in METHODS:
@@ -163,8 +201,12 @@ def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: 
         _check_mask_out(out)
     if not isinstance(stats, Stats):
         stats = Stats.load(stats)
+    moe = stats.meta.get("moe") if isinstance(stats.meta.get("moe"), dict) else None
+    if expert_top_rate is not None:
+        _check_rates(expert_top_rate=expert_top_rate)
     if method == "lape":
-        sel = select_lape(stats.over_zero, stats.n_tokens, top_rate, filter_rate, activation_bar_ratio)
+        valid = valid_units(moe["layer_d_ff"], stats.d_ff) if moe else None
+        sel = select_lape(stats.over_zero, stats.n_tokens, top_rate, filter_rate, activation_bar_ratio, valid=valid)
     else:  # language-activated
         if "act_min" not in stats.act or stats.n_sentences is None or not bool((stats.n_sentences > 0).all()):
             raise UsageError("language-activated selection needs per-text mean activations (act_min) for every "
@@ -176,7 +218,14 @@ def select(stats, *, method: str = "lape", top_rate: float = 0.01, filter_rate: 
     meta = {k: v for k, v in stats.meta.items() if k not in ("languages", "run_keys")}
     meta["selection"] = sel.params
     meta["n_sentences"] = dict(zip(stats.languages, (stats.n_sentences.tolist() if stats.n_sentences is not None else [])))
-    mask = NeuronMask.from_assignment(sel.assigned, stats.languages, values, meta)
+    experts = None
+    if moe and stats.routed is not None:
+        esel = select_experts(stats.routed, stats.n_tokens, moe["layer_experts"],
+                              top_rate if expert_top_rate is None else expert_top_rate, filter_rate,
+                              activation_bar_ratio)
+        experts = esel.assigned
+        meta["expert_selection"] = esel.params
+    mask = NeuronMask.from_assignment(sel.assigned, stats.languages, values, meta, experts=experts)
     if out is not None:
         mask.save(out)
     return mask
@@ -190,7 +239,8 @@ def default_stats_path(out) -> Path:
 
 def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, out=None, stats_out=None,
              method: str = "lape", top_rate: float = 0.01, filter_rate: float = 0.95,
-             activation_bar_ratio: float = 0.95, n_sentences: int = 100, max_length: int = 512,
+             activation_bar_ratio: float = 0.95, expert_top_rate: float | None = None, n_sentences: int = 100,
+             max_length: int = 512,
              batch_tokens: int = 8192, batch_size: int = 64, dtype: str = "float32", device: str | None = None,
              site: str | None = None, lid_filter: float | None = None, plot: bool = False, progress: bool = True,
              log=print):
@@ -218,6 +268,8 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
         raise UsageError("--method language-activated needs per-text mean activations: give --n-sentences > 0 "
                          "(it selects neurons whose mean activation is > 0 on every one of those texts)")
     _check_rates(top_rate=top_rate, filter_rate=filter_rate, activation_bar_ratio=activation_bar_ratio)
+    if expert_top_rate is not None:
+        _check_rates(expert_top_rate=expert_top_rate)
     if stats_out is not None:
         check_writable(stats_out, "--stats-out")
     if plot and out is not None:
@@ -234,7 +286,8 @@ def identify(model: str, languages, corpus: str, *, max_tokens: int = 100_000, o
 
     rank = rank_world()[0]
     mask = select(stats, method=method, top_rate=top_rate, filter_rate=filter_rate,
-                  activation_bar_ratio=activation_bar_ratio, out=out if rank == 0 else None)
+                  activation_bar_ratio=activation_bar_ratio, expert_top_rate=expert_top_rate,
+                  out=out if rank == 0 else None)
     if plot and out is not None and rank == 0:
         from ..plot import plot_mask
 

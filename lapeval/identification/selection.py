@@ -59,7 +59,13 @@ def _kth_smallest(flat: torch.Tensor, rate: float) -> float:
 
 
 def select_lape(over_zero: torch.Tensor, n_tokens: torch.Tensor, top_rate: float = 0.01,
-                filter_rate: float = 0.95, activation_bar_ratio: float = 0.95) -> Selection:
+                filter_rate: float = 0.95, activation_bar_ratio: float = 0.95,
+                valid: torch.Tensor | None = None) -> Selection:
+    """LAPE selection (steps 1–6 above). ``valid``: bool [n_layers, d_ff], the units that exist (None: all);
+    the others (a routed model's padding, :func:`lapeval.moe.moe_meta`) are left out of everything: of the
+    pooled F behind τ and the bar, of the top-rate count round(top_rate · #valid), and of the selection."""
+    if valid is not None:
+        return _select_valid(over_zero, n_tokens, top_rate, filter_rate, activation_bar_ratio, valid)
     for name, v in (("top_rate", top_rate), ("filter_rate", filter_rate), ("activation_bar_ratio", activation_bar_ratio)):
         if not 0 < v <= 1:
             raise UsageError(f"{name}={v} is outside (0, 1]: pass a fraction such as 0.01 or 0.95")
@@ -79,6 +85,41 @@ def select_lape(over_zero: torch.Tensor, n_tokens: torch.Tensor, top_rate: float
     params = {"method": "lape", "top_rate": top_rate, "filter_rate": filter_rate,
               "activation_bar_ratio": activation_bar_ratio, "filter_threshold": tau, "activation_bar": bar}
     return Selection(assigned, selected, entropy, tau, bar, params)
+
+
+def _select_valid(over_zero, n_tokens, top_rate, filter_rate, activation_bar_ratio, valid) -> Selection:
+    """:func:`select_lape` on the valid units alone, scattered back into [n_langs, n_layers, d_ff]."""
+    n_langs, n_layers, d_ff = over_zero.shape
+    sub = select_lape(over_zero[:, valid].unsqueeze(1), n_tokens, top_rate, filter_rate, activation_bar_ratio)
+    assigned = torch.zeros(n_langs, n_layers, d_ff, dtype=torch.bool)
+    assigned[:, valid] = sub.assigned[:, 0]
+    selected = torch.zeros(n_layers, d_ff, dtype=torch.bool)
+    selected[valid] = sub.selected[0]
+    entropy = torch.full((n_layers, d_ff), float("inf"), dtype=torch.float64)
+    entropy[valid] = sub.entropy[0]
+    return Selection(assigned, selected, entropy, sub.filter_threshold, sub.activation_bar, sub.params)
+
+
+def valid_units(widths, size: int) -> torch.Tensor:
+    """bool [len(widths), size]: unit i of layer l exists iff i < widths[l] (a routed model's real d_ff per
+    layer, or its experts per layer E_l, 0 for a dense layer)."""
+    return torch.arange(size).unsqueeze(0) < torch.tensor(widths, dtype=torch.int64).unsqueeze(1)
+
+
+def select_experts(routed: torch.Tensor, n_tokens: torch.Tensor, layer_experts, top_rate: float = 0.01,
+                   filter_rate: float = 0.95, activation_bar_ratio: float = 0.95) -> Selection:
+    """Language-specific experts (docs/method §12): LAPE applied to the routing frequency
+
+        r_{L,e}^(l) = routed[L, l, e] / n(L)      (the share of L's tokens whose top-k holds expert e)
+
+    exactly as to neuron probabilities (:func:`select_lape` with r for p): entropy of the L1-normalised r
+    over languages, the pooled ``filter_rate`` quantile of r as filter, the round(top_rate · #experts) experts of
+    lowest entropy over all routed layers, each assigned to every language with r above the pooled
+    ``activation_bar_ratio`` quantile. ``layer_experts[l]``: E of layer l (0 for a dense layer, left out)."""
+    valid = valid_units(layer_experts, routed.shape[2])
+    sel = select_lape(routed, n_tokens, top_rate, filter_rate, activation_bar_ratio, valid=valid)
+    sel.params = {**sel.params, "of": "routing frequency r = routed / n_tokens"}
+    return sel
 
 
 def select_language_activated(act_min: torch.Tensor) -> Selection:

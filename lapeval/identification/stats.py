@@ -23,6 +23,7 @@ single-process result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -36,7 +37,7 @@ from safetensors import safe_open
 from .. import __version__
 from .._io import save_safetensors
 from ..errors import InputFileError, LapevalError
-from ..sites import Site, find_sites, stack_of
+from ..sites import Site, stack_of
 
 FORMAT = "lapeval.activation_stats"
 
@@ -65,6 +66,7 @@ class LanguageStats:
     sentence_means: torch.Tensor  # float32 [k, n_layers, d_ff], k <= K
     n_texts: int = 0
     resid_sum: torch.Tensor | None = None  # float64 [n_layers, hidden]: Σ over counted tokens of each layer's output
+    routed: torch.Tensor | None = None  # int64 [n_layers, E]: counted tokens routed to expert e (routed models)
 
     def summary(self) -> dict[str, torch.Tensor]:
         """p_max, p_median (lower median), p_min over the kept texts (zeros if none)."""
@@ -274,7 +276,9 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
     """Run the decoder stack over one language's texts and return its (all-reduced) statistics."""
     from tqdm.auto import tqdm
 
-    sites = sites or find_sites(model)
+    from ..moe import find_neuron_sites, is_expert_sites
+
+    sites = sites or find_neuron_sites(model)
     stack = stack_of(model)
     device = next(stack.parameters()).device
     rank, world = rank_world()
@@ -285,7 +289,9 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
     bar = tqdm(total=cfg.max_tokens, unit="tok", desc=progress, disable=progress is None or rank != 0, leave=False)
     from ..sites import decoder_layers, hidden_size_of
 
-    rec = ActivationRecorder(sites, cfg.n_sentences, decoder_layers(model)[1], hidden_size_of(model))
+    moe = is_expert_sites(sites)  # routed FFNs: neurons and means from the experts' hooks, residuals from rec
+    rec = ActivationRecorder([] if moe else sites, cfg.n_sentences, decoder_layers(model)[1], hidden_size_of(model))
+    experts = _expert_counter(sites, cfg.n_sentences) if moe else None
 
     def run(window: list[tuple[int, list[int]]]) -> None:
         nonlocal n_tokens
@@ -300,13 +306,15 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
             counted[:, :prefix_len] = False
             slots = torch.tensor([g if g < cfg.n_sentences else -1 for g, _ in batch])
             rec.set_batch(counted, slots, device)
+            if experts is not None:
+                experts.set_batch(counted, slots, device)
             stack(input_ids=ids.to(device, non_blocking=True), attention_mask=attn.to(device, non_blocking=True),
                   use_cache=False)
             c = int(counted.sum())
             n_tokens += c
             bar.update(c * world)
 
-    with rec:
+    with rec, (experts if experts is not None else contextlib.nullcontext()):
         window: list[tuple[int, list[int]]] = []
         seqs = sequences(tokenizer, texts, cfg.max_tokens, cfg.max_length)
         if device.type != "cpu":  # tokenise on the host while the accelerator runs the stack
@@ -322,15 +330,42 @@ def collect_language(model, tokenizer, texts: Iterable[str], cfg: CollectConfig,
         if window:
             run(window)
     bar.close()
-    over_zero = torch.stack([x.cpu() for x in rec.over_zero])
-    means = torch.stack(rec.slot_means, dim=1)  # [K, n_layers, d_ff]
+    routed = None
+    if experts is None:
+        over_zero = torch.stack([x.cpu() for x in rec.over_zero])
+        means = torch.stack(rec.slot_means, dim=1)  # [K, n_layers, d_ff]
+        filled = rec.slot_filled
+    else:
+        over_zero, means, routed = _padded(experts)
+        routed = _all_reduce(routed)
+        filled = experts.slot_filled
     over_zero = _all_reduce(over_zero)
     means = _all_reduce(means)
-    filled = _all_reduce(rec.slot_filled.clone())
+    filled = _all_reduce(filled.clone())
     n_tokens = int(_all_reduce(torch.tensor([n_tokens], dtype=torch.int64))[0])
     resid = _all_reduce(torch.stack([x.cpu() for x in rec.resid_sum])) if rec.resid_sum else None
     k = int(filled.sum())
-    return LanguageStats(over_zero, n_tokens, means[:k].clone(), n_texts=n_seqs, resid_sum=resid)
+    return LanguageStats(over_zero, n_tokens, means[:k].clone(), n_texts=n_seqs, resid_sum=resid, routed=routed)
+
+
+def _expert_counter(sites, n_slots: int):
+    from ..moe import ExpertActivationCounter
+
+    return ExpertActivationCounter(sites, n_slots)
+
+
+def _padded(counter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A routed model's per-layer counts as rectangles (:func:`lapeval.moe.moe_meta`): over_zero int64
+    [n_layers, d_ff] and the means float32 [K, n_layers, d_ff], each layer padded at the end to the widest
+    layer's d_ff with zeros (neurons that never fire); routed int64 [n_layers, E], a dense layer's row 0."""
+    import torch.nn.functional as F
+
+    d_ff = max(x.numel() for x in counter.over_zero)
+    n_experts = max(x.numel() for x in counter.routed)
+    over_zero = torch.stack([F.pad(x.cpu(), (0, d_ff - x.numel())) for x in counter.over_zero])
+    means = torch.stack([F.pad(m, (0, d_ff - m.shape[1])) for m in counter.slot_means], dim=1)
+    routed = torch.stack([F.pad(x.cpu(), (0, n_experts - x.numel())) for x in counter.routed])
+    return over_zero, means, routed
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -339,7 +374,12 @@ class Stats:
     """A STATS file: ``over_zero`` int64 [n_langs, n_layers, d_ff], ``n_tokens`` int64 [n_langs], and when
     per-text means were kept, ``act_max`` / ``act_median`` / ``act_min`` float32 [n_langs, n_layers, d_ff]
     and ``n_sentences`` int64 [n_langs]. Metadata: ``languages`` (JSON list, the row order) and ``lapeval``
-    (JSON: model, site, corpus, settings)."""
+    (JSON: model, site, corpus, settings).
+
+    Routed (mixture-of-experts) models also hold ``routed`` int64 [n_langs, n_layers, E], the counted tokens
+    whose top-k holds expert e, and the metadata key ``moe`` (:func:`lapeval.moe.moe_meta`: the flattening
+    of (expert, j) into d_ff and each layer's real width; narrower layers are padded with neurons that never
+    fire). Files without ``routed`` load as before."""
 
     languages: list[str]
     over_zero: torch.Tensor
@@ -348,6 +388,7 @@ class Stats:
     n_sentences: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
     resid_sum: torch.Tensor | None = None  # float64 [n_langs, n_layers, hidden] (files written before it: None)
+    routed: torch.Tensor | None = None  # int64 [n_langs, n_layers, E]: routed models only (lapeval.moe)
 
     @property
     def n_layers(self) -> int:
@@ -371,6 +412,8 @@ class Stats:
             dict(meta or {}),
             torch.stack([per_lang[l].resid_sum for l in langs])
             if all(per_lang[l].resid_sum is not None for l in langs) else None,
+            torch.stack([per_lang[l].routed for l in langs])
+            if all(per_lang[l].routed is not None for l in langs) else None,
         )
 
     def save(self, path: str | Path) -> Path:
@@ -380,6 +423,8 @@ class Stats:
             tensors["n_sentences"] = self.n_sentences.to(torch.int64)
         if self.resid_sum is not None:
             tensors["resid_sum"] = self.resid_sum.to(torch.float64).contiguous()
+        if self.routed is not None:
+            tensors["routed"] = self.routed.to(torch.int64).contiguous()
         header = {"format": FORMAT, "languages": json.dumps(self.languages),
                   "lapeval": json.dumps({**self.meta, "lapeval_version": __version__}, ensure_ascii=False,
                                         sort_keys=True)}
@@ -427,7 +472,13 @@ class Stats:
         resid = t.get("resid_sum")
         if resid is not None and (resid.dim() != 3 or resid.shape[:2] != oz.shape[:2] or not bool(torch.isfinite(resid).all())):
             raise StatsError(f"{path}: resid_sum must be finite [n_langs, n_layers, hidden] sums; collect it again")
-        return cls(langs, oz.long(), n.long(), act, ns, meta, None if resid is None else resid.double())
+        routed = t.get("routed")
+        if routed is not None and (routed.dim() != 3 or routed.shape[:2] != oz.shape[:2] or routed.is_floating_point()
+                                   or (routed < 0).any() or (routed > n.view(-1, 1, 1)).any()):
+            raise StatsError(f"{path}: routed must be [n_langs, n_layers, experts] counts within 0..n_tokens; the "
+                             "file is corrupt, collect it again")
+        return cls(langs, oz.long(), n.long(), act, ns, meta, None if resid is None else resid.double(),
+                   None if routed is None else routed.long())
 
 
 # ---- many languages, resumable ------------------------------------------------------------------
@@ -477,7 +528,10 @@ def collect(model, tokenizer, languages: list[str], texts_of, out: str | Path, c
             log(f"lapeval collect: {out} already holds {', '.join(languages)} with these settings, reusing it")
         return done
     parts = parts_dir(out)
-    sites = sites or find_sites(model)
+    if not sites:
+        from ..moe import find_neuron_sites
+
+        sites = find_neuron_sites(model)
     per_lang: dict[str, LanguageStats] = {}
     for i, lang in enumerate(languages):
         part = parts / f"{lang}.safetensors"
@@ -522,6 +576,8 @@ def _save_part(path: Path, st: LanguageStats, key: str) -> None:
                "sentence_means": st.sentence_means.contiguous(), "n_texts": torch.tensor([st.n_texts])}
     if st.resid_sum is not None:
         tensors["resid_sum"] = st.resid_sum.contiguous()
+    if st.routed is not None:
+        tensors["routed"] = st.routed.contiguous()
     save_safetensors(tensors, path, {"run_key": key})
 
 
@@ -536,4 +592,4 @@ def _load_part(path: Path, key: str) -> LanguageStats | None:
     except Exception:
         return None
     return LanguageStats(t["over_zero"], int(t["n_tokens"][0]), t["sentence_means"], int(t["n_texts"][0]),
-                         t.get("resid_sum"))
+                         t.get("resid_sum"), t.get("routed"))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..languages import LangMap, resolve_task, split_list, task_direction
-from ..masks import MaskError, NeuronMask
+from ..masks import NO_MOE_INTERVENTION, MaskError, NeuronMask
 from .hooks import Composite, Intervention
 from .operation import (
     LANG_WORDS,
@@ -399,6 +399,8 @@ def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = Non
     except InterventionError as e:
         raise LapeConfigError(str(e)) from None
     mask = None if no_mask else neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+    if mask is not None:
+        mask.require_dense(NO_MOE_INTERVENTION)
     vecs = None
     if not no_vec:
         from ..vectors import ResidualVectors

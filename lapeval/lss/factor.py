@@ -281,11 +281,13 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
     win, and a target whose every mean is NaN gets ``None``.
     """
-    from ..masks import NeuronMask
+    from ..masks import NO_MOE_INTERVENTION, NeuronMask
     from .matrix import compute_matrix, load_vectors, paired_baseline
 
     mask = None if neurons is None else (
         neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser()))
+    if mask is not None:
+        mask.require_dense(NO_MOE_INTERVENTION)
     cands = build_candidates(candidates if isinstance(candidates, str) else list(candidates))
     targets = list(targets)
     vecs = load_vectors(vectors, targets) if vectors is not None else None

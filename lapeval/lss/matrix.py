@@ -141,7 +141,7 @@ def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=No
     (:func:`load_vectors`). Returns (sources, targets, mask or None)."""
     from ..intervention.operation import Operation, parse_layers
     from ..languages import parse_list
-    from ..masks import NeuronMask
+    from ..masks import NO_MOE_INTERVENTION, NeuronMask
 
     srcs = parse_list(sources)
     tgts = parse_list(targets) if targets else srcs
@@ -153,6 +153,7 @@ def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=No
     mask = None
     if neurons is not None:
         mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
+        mask.require_dense(NO_MOE_INTERVENTION)
         for t in tgts:
             mask.code(t)  # one-line MaskError naming the mask's languages
     vecs = load_vectors(vectors, tgts) if vectors is not None else None
