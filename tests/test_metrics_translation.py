@@ -82,3 +82,20 @@ def test_process_results_and_off_target():
     assert fr["off_target"] == 0
     assert tr.process_results(doc, ["The cat is sleeping on the sofa in the living room."])["off_target"] == 1
     assert tr.process_results(doc, [""])["off_target"] == 1
+
+
+@pytest.mark.parametrize("agg", [tr.bleu, tr.chrfpp], ids=["bleu", "chrfpp"])
+def test_bootstrap_from_sufficient_statistics_equals_rescoring_every_replicate(agg):
+    """The grid's paired bootstrap sums per-document statistics instead of re-tokenising each resampled
+    corpus: every replicate equals agg(cell*) − agg(base*) computed on the resampled documents themselves."""
+    import numpy as np
+
+    from lapeval.grid.bootstrap import bootstrap_replicates
+
+    pairs = _pairs()
+    worse = [(r, " ".join(h.split()[:-1])) for r, h in pairs]  # the 'baseline': one word fewer per output
+    fast = bootstrap_replicates(worse, pairs, agg, 40, seed=7)
+    idx = np.random.default_rng(7).integers(0, len(pairs), size=(40, len(pairs)))
+    slow = [agg([pairs[i] for i in row]) - agg([worse[i] for i in row]) for row in idx]
+    assert fast == pytest.approx(slow, abs=1e-9)
+    assert len(set(np.round(fast, 6))) > 5  # the replicates differ: resampling happened

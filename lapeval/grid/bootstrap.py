@@ -40,6 +40,11 @@ def bootstrap_replicates(base: list, cell: list, agg, resamples: int, seed: int 
     if agg is mean:
         b, c = np.asarray(base, dtype=float), np.asarray(cell, dtype=float)
         return c[idx].mean(1) - b[idx].mean(1)
+    suff = getattr(agg, "sufficient_statistics", None)
+    if suff is not None:  # corpus BLEU / chrF++: sum each replicate's per-document statistics (same numbers)
+        counts = np.stack([np.bincount(row, minlength=n) for row in idx])  # [R, n]: how often each document
+        sb, sc = counts @ suff.per_document(base), counts @ suff.per_document(cell)
+        return np.array([suff.score(c) - suff.score(b) for b, c in zip(sb, sc)], dtype=float)
 
     def safe(items):  # e.g. word perplexity of unsegmented text overflows exp() on some resamples
         try:

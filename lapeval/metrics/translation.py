@@ -91,6 +91,31 @@ def chrfpp(items) -> float:
     return corpus_chrfpp(hyps, refs)
 
 
+class SufficientStatistics:
+    """A corpus metric as per-document sufficient statistics (sacrebleu's own decomposition: n-gram matches
+    and totals, lengths) and a score from their sum: score(Σ_{i ∈ S} stats_i) = corpus score of the documents
+    S, for any multiset S. A bootstrap replicate then sums rows instead of re-tokenising every resampled
+    corpus (how sacrebleu's paired bootstrap does it), with the same number."""
+
+    def __init__(self, metric_factory):
+        self._factory = metric_factory
+
+    def per_document(self, items) -> "np.ndarray":
+        """int64 [n, k]: each document's statistics."""
+        import numpy as np
+
+        refs, hyps = _split(items)
+        return np.asarray(self._factory()._extract_corpus_statistics(hyps, [refs]), dtype=np.int64)
+
+    def score(self, summed) -> float:
+        """The corpus score of summed statistics (a row of k integers)."""
+        return float(self._factory()._compute_score_from_stats([int(x) for x in summed]).score)
+
+
+bleu.sufficient_statistics = SufficientStatistics(_bleu)
+chrfpp.sufficient_statistics = SufficientStatistics(_chrfpp)
+
+
 def spbleu(items):
     reason = spbleu_unavailable_reason()
     if reason:
