@@ -152,13 +152,17 @@ def test_routing_src_tgt_self(mask):
     from lapeval.intervention.setting import build_setting
 
     st = build_setting(mask, None, None, None, None, 2, 48, ops="zero@src;set:p_max@tgt")
-    tasks = ["flores_mt_en-fr", "flores_mt_fr-en", "flores_mt_en-ja", "xcopa_id", "lss_fr", "flores_mt_en-de"]
+    tasks = ["flores_mt_en-fr", "flores_mt_fr-en", "flores_mt_en-ja", "xwinograd_jp", "lss_fr", "flores_mt_en-de"]
     groups = dict((k, v) for k, v in st.route(tasks))
     assert groups[(("en",), ("fr",))] == [0] and groups[(("fr",), ("en",))] == [1]
     assert groups[(("en",), ("ja",))] == [2]
-    assert groups[None] == [3, 4, 5]  # no source language, or de not in the mask: unmodified, counted
-    assert "not a translation task" in st.unmodified["xcopa_id"]["reason"]
+    # a task that is not a translation: its prompt's language is both sides (LSS: the facts' language s)
+    assert groups[(("ja",), ("ja",))] == [3] and groups[(("fr",), ("fr",))] == [4]
+    assert groups[None] == [5]  # de not in the mask: unmodified, counted
     assert "de not in mask" in st.unmodified["flores_mt_en-de"]["reason"]
+    assert dict(st.route(["xcopa_id"])) == {None: [0]} and "id not in mask" in st.unmodified["xcopa_id"]["reason"]
+    one = build_setting(mask, "ja", None, None, None, 2, 48, ops="zero@src;set:p_max")  # the grid's spelling
+    assert dict(one.route(["lss_fr", "flores_mt_en-fr"])) == {(("fr",), ("ja",)): [0], (("en",), ("ja",)): [1]}
     # self = the task's language (paper 2: the non-English side); tgt = the translation's target
     st2 = build_setting(mask, None, None, None, None, 2, 48, ops="set:p_max@self")
     assert dict(st2.route(["flores_mt_fr-en"]))[("fr",)] == [0]

@@ -240,17 +240,16 @@ class Setting:
 
     def word_language(self, word: str, task_name: str | None, metadata: Mapping | None = None) -> tuple[str | None, str]:
         """The language ``self`` / ``src`` / ``tgt`` names for a request of ``task_name``: (code, "") or (None, why).
-        ``tgt`` is a translation task's target and any other task's own language; ``src`` exists only for
-        translation tasks (:func:`lapeval.languages.task_direction`)."""
+        ``src`` / ``tgt`` are a translation task's sides (:func:`lapeval.languages.task_direction`); any other
+        task's prompt is in its own language, which is then both (``zero@src;set:p_max`` on ``lss_fr``: leave
+        French, the facts' language, for the target)."""
         if word == "self":
             return self.self_language(task_name, metadata)
         if not task_name:
             return None, "the request names no task"
         direction = task_direction(task_name, metadata)
         if direction is None:
-            if word == "tgt":
-                return self.self_language(task_name, metadata)
-            return None, "src: not a translation task (no source language)"
+            return self.self_language(task_name, metadata)
         return self._in_mask(direction[0] if word == "src" else direction[1])
 
     def language_of(self, task_name: str | None, metadata: Mapping | None = None) -> str:
