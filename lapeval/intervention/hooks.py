@@ -60,6 +60,13 @@ scopes and composites::
 
     add α      h[b,t,:] ← h[b,t,:] + α · v^(l)      v^(l) = mean over the chosen languages L of v_L^(l)
 
+**Routed layers** (mixture-of-experts, :mod:`lapeval.moe`; docs/method §12): a layer's neuron i = e·d_e + j is
+neuron j of expert e (shared FFNs after the experts). The experts' non-linearity sees rows (token n = b·T + t,
+expert e) (:class:`~lapeval.moe.RowPlan`); on each row the formulas above edit the neurons j that the terms
+select in expert e, for the row's b (its intervention) and (b, t) (its scope); a token not routed to e has
+no row there and is untouched. Shared FFNs are edited as dense sites on every token. Test-time statistics
+are refused on routed layers.
+
 Hooks are forward hooks on the sites' non-linearity modules (and, for residual terms, on the decoder layers),
 editing the output in place; they live only inside :func:`intervene` and are removed on exit, also when an
 exception is raised.
