@@ -70,7 +70,8 @@ from .intervention.setting import (  # noqa: F401 (re-exported)
     route,
 )
 from .languages import LangMap
-from .sites import find_sites, hidden_size_of
+from .moe import find_neuron_sites, is_expert_sites
+from .sites import hidden_size_of
 
 
 @register_model("lape")
@@ -103,10 +104,11 @@ class LapeLM(HFLM):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         models.check_device(device, "device=")  # HFLM would fail later with an assertion deep in torch
         super().__init__(pretrained=pretrained, device=device, **kwargs)
-        self.sites = find_sites(self.model, site=site)  # site=: a module path with {layer}, else structural
+        # site=: a module path with {layer}, else structural (routed layers: lapeval.moe.ExpertSite)
+        self.sites = find_neuron_sites(self.model, site=site)
         if setting is not None:  # the mask and vectors against the loaded model: built once, checked now
             if setting.mask is not None:
-                setting.mask.check_model(len(self.sites), self.sites[0].d_ff)
+                check_mask(setting.mask, self.sites)
             if setting.vectors is not None:
                 setting.vectors.check_model(len(self.sites), hidden_size_of(self.model))
         self._lape: Setting | None = setting
@@ -120,9 +122,11 @@ class LapeLM(HFLM):
         """Switch the intervention (no reload). ``neurons=None`` clears it. ``lang_map``: for ``self`` /
         ``src`` / ``tgt`` (default: the model's own, :attr:`lang_map`); ``ops`` / ``scope``: as the model
         arguments."""
-        self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), self.sites[0].d_ff,
+        self._lape = build_setting(neurons, lang, mode, value, layers, len(self.sites), neuron_width(self.sites),
                                    lang_map=self.lang_map if lang_map is None else lang_map, ops=ops, scope=scope,
                                    vectors=vectors, hidden=hidden_size_of(self.model))
+        if self._lape is not None and self._lape.mask is not None:
+            check_mask(self._lape.mask, self.sites)
 
     def clear_intervention(self) -> None:
         self._lape = None
@@ -259,7 +263,7 @@ class LapeLM(HFLM):
         from lm_eval.api.model import TemplateLM
 
         built = [build_setting(s.get("neurons"), s.get("lang"), s.get("mode"), s.get("value"), s.get("layers"),
-                               len(self.sites), self.sites[0].d_ff, ops=s.get("ops"), scope=s.get("scope"),
+                               len(self.sites), neuron_width(self.sites), ops=s.get("ops"), scope=s.get("scope"),
                                vectors=s.get("vectors"), hidden=hidden_size_of(self.model))
                  for s in settings]
         if any(b is None or b.per_request for b in built):
@@ -322,6 +326,35 @@ class LapeLM(HFLM):
             _guard(db)
         self._lape_db = db
         super().set_cache_hook(cache_hook)
+
+
+# ---- the mask against the loaded model ----------------------------------------------------------------
+def neuron_width(sites) -> int:
+    """The width a mask of this model has: the first site's d_ff (dense), the widest layer's (routed layers,
+    padded to it: :func:`lapeval.moe.moe_meta`)."""
+    return max(s.d_ff for s in sites) if is_expert_sites(sites) else sites[0].d_ff
+
+
+def check_mask(mask, sites) -> None:
+    """One-line MaskError unless ``mask`` fits the model's layers × width and, for a routed model, is a routed
+    mask of the same layout (experts, d_expert and every layer's width): a dense mask never indexes experts."""
+    from .masks import MaskError
+
+    mask.check_model(len(sites), neuron_width(sites))
+    routed = is_expert_sites(sites)
+    if routed != mask.is_moe:
+        src = f" ({mask.path})" if mask.path else ""
+        kind = "a mixture-of-experts" if mask.is_moe else "a dense-FFN"
+        raise MaskError(f"mask file{src} is {kind} mask but the model's FFNs are "
+                        f"{'routed' if routed else 'dense'}: use a mask identified on this model (lapeval identify)")
+    if routed:
+        moe = mask.meta["moe"]
+        have = (moe.get("layer_experts"), moe.get("d_expert"), moe.get("layer_d_ff"))
+        want = ([s.n_experts for s in sites], max(s.d_expert for s in sites), [s.d_ff for s in sites])
+        if have != want:
+            raise MaskError(f"mask file ({mask.path}) records experts per layer {have[0]}, d_expert {have[1]}, layer "
+                            f"widths {have[2]} but the model has {want[0]}, {want[1]}, {want[2]}: use a mask "
+                            "identified on this model (lapeval identify)")
 
 
 # ---- each task's own config, for lang=self ---------------------------------------------------------

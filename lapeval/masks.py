@@ -16,7 +16,8 @@ Masks of routed (mixture-of-experts) models (format_version 2, so that older lap
 neurons flattened as the metadata's ``moe`` says (:func:`lapeval.moe.moe_meta`: expert-major,
 index(e, j) = e·d_expert + j, shared FFNs after the experts, narrower layers padded) and may hold, per
 language, its language-specific experts: ``L.expert_layer``, ``L.expert`` — int64 ``[m_L]``, sorted by
-(layer, expert). Interventions and the reference formats are dense: they refuse these masks.
+(layer, expert). The lape model's interventions act on these masks (:mod:`lapeval.intervention.hooks`);
+lss, grid, search-factor, controls and the reference formats are dense: they refuse them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from .languages import PAPER1_LANGUAGES, PAPER2_LANGUAGES, normalize, parse_list
 FORMAT = "lapeval.neuron_mask"
 FORMAT_VERSION = 2  # the newest this lapeval reads; dense masks are still written as 1
 _MOE_VERSION = 2
-NO_MOE_INTERVENTION = "interventions (lape, lss, grid, search-factor) do not act on routed experts yet (issue 25)"
+NO_MOE_INTERVENTION = ("lss, grid and search-factor do not act on routed experts yet (issue 25; the lape model does: "
+                       "--model lape with neurons=)")
 VALUE_KINDS = ("p_max", "p_median")
 
 

@@ -350,6 +350,65 @@ def _probe_gate(experts: nn.Module, observe: Callable[[torch.Tensor], None]) -> 
     return lambda: experts.__dict__.pop("_apply_gate", None)
 
 
+def edit_gate(experts: nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
+    """For experts with no non-linearity module (GPT-OSS): replace the instance's ``_apply_gate(gate_up)`` by
+    the same arithmetic with ``edit`` applied to the neurons' activation in between::
+
+        g = min(gate, limit),  u = clamp(up, -limit, limit),  a = g · σ(α · g),  out = (u + 1) · edit(a)
+
+    where (gate, up) are the columns ``0::2`` / ``1::2`` of ``gate_up`` (interleaved) or its two halves
+    (concatenated). With ``edit`` the identity this is the class's method operation for operation. Returns
+    the function that restores the class's method."""
+    interleaved = not experts.is_concatenated
+
+    def apply_gate(gate_up):
+        gate, up = (gate_up[..., ::2], gate_up[..., 1::2]) if interleaved else gate_up.chunk(2, dim=-1)
+        gate = gate.clamp(min=None, max=experts.limit)
+        up = up.clamp(min=-experts.limit, max=experts.limit)
+        glu = edit(gate * torch.sigmoid(gate * experts.alpha))
+        return (up + 1) * glu
+
+    experts._apply_gate = apply_gate
+    return lambda: experts.__dict__.pop("_apply_gate", None)
+
+
+class RowPlan:
+    """Which (token, expert) each row of an experts module's non-linearity is, in the current forward.
+
+    :meth:`begin` (a forward pre-hook on the experts module, ``with_kwargs=True``) reads ``top_k_index`` (the one
+    integer tensor among the inputs, ``[N, k]``) and lays out the rows with :func:`expert_rows`; :meth:`take`
+    hands out the next ``r`` rows' (token [r], expert [r]) call by call; :meth:`end` (a forward hook) checks
+    that every planned row was seen (else the implementation bypasses the hooked non-linearity)."""
+
+    def __init__(self, site: ExpertSite):
+        self.site = site
+        self.token: torch.Tensor | None = None
+        self.expert: torch.Tensor | None = None
+        self.at = 0
+
+    def begin(self, module, args, kwargs) -> None:
+        tensors = list(args) + list(kwargs.values())
+        index = next(t for t in tensors if isinstance(t, torch.Tensor) and not t.is_floating_point())
+        self.token, self.expert = expert_rows(implementation_of(module), index.reshape(-1, index.shape[-1]),
+                                              self.site.n_experts)
+        self.at = 0
+
+    def take(self, r: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The next ``r`` rows' (token, expert); None outside the experts' forward."""
+        if self.token is None:
+            return None
+        at, self.at = self.at, self.at + r
+        return self.token[at:at + r], self.expert[at:at + r]
+
+    def end(self, module, args, out) -> None:
+        planned, self.token = self.token, None
+        if planned is not None and self.at != planned.numel():
+            raise UnsupportedModelError(
+                f"{self.site.experts_name}: its non-linearity saw {self.at} rows, the {implementation_of(module)!r} "
+                f"row order {planned.numel()}; this experts implementation bypasses the non-linearity module, use "
+                "experts_implementation='grouped_mm'")
+
+
 # ---- counting ------------------------------------------------------------------------------------
 class _Handle:
     def __init__(self, remove):

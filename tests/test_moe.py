@@ -378,13 +378,13 @@ def test_identify_counts_routed_neurons_and_experts(family, moe_dirs, corpus, tm
 
 
 def test_identify_cli_show_and_refusals(moe_dirs, corpus, tmp_path, capsys):
-    """The CLI on DeepSeek-V3 (a dense first layer): identify, masks show (text and JSON), export refused, the
-    mask refused by interventions, and loading the model in lape refused, each with one line."""
+    """The CLI on DeepSeek-V3 (a dense first layer): identify, masks show (text and JSON), export refused with
+    one line; the mask drives the lape model (lss / grid still refuse it with one line)."""
     import json
 
     from lapeval.cli import main
     from lapeval.identification.stats import Stats
-    from lapeval.masks import MaskError, NeuronMask
+    from lapeval.masks import NO_MOE_INTERVENTION, MaskError, NeuronMask
 
     path = moe_dirs("deepseek_v3")
     out = tmp_path / "ds.safetensors"
@@ -418,15 +418,16 @@ def test_identify_cli_show_and_refusals(moe_dirs, corpus, tmp_path, capsys):
 
     from lapeval.intervention.setting import build_setting
 
-    with pytest.raises(MaskError) as e:
-        build_setting(str(out), "fr", "set", "p_max", None)
+    setting = build_setting(str(out), "fr", "set", "p_max", None)  # interventions act on routed masks (slice 3)
+    assert setting.intervention().n_neurons == len(mask.sets["fr"].neuron)
+    with pytest.raises(MaskError) as e:  # lss, grid and search-factor do not yet
+        mask.require_dense(NO_MOE_INTERVENTION)
     assert "\n" not in str(e.value) and "issue 25" in str(e.value)
 
     from lapeval.lm import LapeLM
 
-    with pytest.raises(UnsupportedModelError) as e:
-        LapeLM(pretrained=str(path), device="cpu", batch_size=1)
-    assert "\n" not in str(e.value) and "issue 25" in str(e.value) and "mixture-of-experts" in str(e.value)
+    lm = LapeLM(pretrained=str(path), device="cpu", batch_size=1, neurons=str(out), lang="fr", mode="zero")
+    assert [s.n_experts for s in lm.sites] == [0, 8]
 
 
 def test_a_mask_saved_with_experts_round_trips_and_a_corrupt_one_is_refused(tmp_path):

@@ -60,6 +60,13 @@ scopes and composites::
 
     add α      h[b,t,:] ← h[b,t,:] + α · v^(l)      v^(l) = mean over the chosen languages L of v_L^(l)
 
+**Routed layers** (mixture-of-experts, :mod:`lapeval.moe`; docs/method §12): a layer's neuron i = e·d_e + j is
+neuron j of expert e (shared FFNs after the experts). The experts' non-linearity sees rows (token n = b·T + t,
+expert e) (:class:`~lapeval.moe.RowPlan`); on each row the formulas above edit the neurons j that the terms
+select in expert e, for the row's b (its intervention) and (b, t) (its scope); a token not routed to e has
+no row there and is untouched. Shared FFNs are edited as dense sites on every token. Test-time statistics
+are refused on routed layers.
+
 Hooks are forward hooks on the sites' non-linearity modules (and, for residual terms, on the decoder layers),
 editing the output in place; they live only inside :func:`intervene` and are removed on exit, also when an
 exception is raised.
@@ -75,6 +82,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ..moe import ExpertSite, RowPlan, edit_gate, find_expert_sites, is_expert_sites, is_routed
 from ..sites import Site, find_sites
 from .operation import (  # noqa: F401
     MASK_VALUES,
@@ -237,8 +245,79 @@ def residual_sites(model: nn.Module) -> list[ResidualSite]:
     return [ResidualSite(i, m, hidden) for i, m in enumerate(decoder_layers(model)[1])]
 
 
+@dataclass
+class ExpertPart:
+    """One hook point of a routed layer (:class:`~lapeval.moe.ExpertSite`) and the span of the layer's flattened
+    neurons it holds (docs/method §12): the routed experts ``[0, E·d_e)`` (``shared`` None: the experts'
+    non-linearity, rows (token, expert)), or shared FFN ``shared`` at ``[offset, offset + width)`` (its
+    non-linearity's output ``[..., width]``, every token, edited as a dense site). A term's neuron i of the
+    layer is column i − ``lo`` here."""
+
+    layer: int
+    site: ExpertSite
+    shared: int | None = None
+
+    @property
+    def lo(self) -> int:
+        return 0 if self.shared is None else self.site.shared_offsets[self.shared]
+
+    @property
+    def d_ff(self) -> int:
+        """The width of this part: E·d_e for the routed experts, the shared FFN's width."""
+        return self.site.d_routed if self.shared is None else self.site.shared[self.shared].width
+
+    @property
+    def module(self) -> nn.Module:
+        return self.site.act if self.shared is None else self.site.shared[self.shared].module
+
+    @property
+    def device(self) -> torch.device:
+        return self.site.device
+
+
+def expert_parts(sites: list[ExpertSite]) -> list[ExpertPart]:
+    """Every routed layer's hook points: its routed experts (if E > 0), then each shared FFN."""
+    out = []
+    for s in sites:
+        if s.n_experts:
+            out.append(ExpertPart(s.layer, s))
+        out += [ExpertPart(s.layer, s, i) for i in range(len(s.shared))]
+    return out
+
+
 def _kind(site) -> str:
+    if isinstance(site, ExpertPart):
+        return "routed" if site.shared is None else f"shared{site.shared}"
     return "residual" if isinstance(site, ResidualSite) else "neuron"
+
+
+def _term_site(site) -> str:
+    """The term site (``Intervention.site``) a hook point serves."""
+    return "neuron" if isinstance(site, ExpertPart) else _kind(site)
+
+
+def _select(site, term) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``term``'s (neurons, values) at ``site``: the layer's as they are for a dense or residual site; for an
+    :class:`ExpertPart`, those in its span, shifted to start at 0 (a neuron beyond the layer's real width —
+    a padded one — is an error)."""
+    j = term.neurons.get(site.layer) if term.site == _term_site(site) else None
+    if j is None:
+        return None, None
+    v = term.values.get(site.layer)
+    if not isinstance(site, ExpertPart):
+        if int(j.max()) >= site.d_ff:
+            raise InterventionError(f"layer {site.layer}: neuron {int(j.max())} is outside d_ff={site.d_ff}")
+        return j, v
+    if int(j.max()) >= site.site.d_ff:
+        raise InterventionError(f"layer {site.layer}: neuron {int(j.max())} is outside this layer's "
+                                f"{site.site.d_ff} neurons (experts × d_expert + shared)")
+    if term.op.statistic:
+        raise InterventionError(f"{term.op.label} on a mixture-of-experts model: test-time statistics are not "
+                                "defined on routed layers yet (issue 25); use a number, p_max or p_median")
+    keep = (j >= site.lo) & (j < site.lo + site.d_ff)
+    if not bool(keep.any()):
+        return None, None
+    return j[keep] - site.lo, None if v is None else v[keep]
 
 
 class Session:
@@ -273,13 +352,10 @@ class Session:
                     continue
                 placed = []
                 for term in comp.terms:
-                    j = term.neurons.get(site.layer) if term.site == _kind(site) else None
+                    j, v = _select(site, term)
                     if j is None:
                         placed.append(None)
                         continue
-                    if int(j.max()) >= site.d_ff:
-                        raise InterventionError(f"layer {site.layer}: neuron {int(j.max())} is outside d_ff={site.d_ff}")
-                    v = term.values.get(site.layer)
                     placed.append((j.to(site.device), None if v is None else v.to(site.device)))
                 per.append(placed if any(p is not None for p in placed) else None)
             self._placed[(_kind(site), site.layer)] = per
@@ -405,6 +481,65 @@ class Session:
                     part[..., j] = torch.where(w[:, :, None], new, old)
         return a
 
+    def apply_routed(self, key: tuple, site: ExpertSite, a: torch.Tensor, token: torch.Tensor,
+                     expert: torch.Tensor) -> torch.Tensor:
+        """The routed experts' activation ``a`` ``[R, d_e]`` of one call, row r being flattened token
+        ``token[r]`` (= b·T + t) routed to expert ``expert[r]``: a new tensor where, for every term of the
+        intervention of row b (in its scope at (b, t)), the neurons j of expert e it selects are edited as a
+        dense ``a[b,t,e·d_e+j]`` would be (module docstring). Vectorised with per-expert tables ``[E, d_e]``
+        (selected, value) indexed by the rows' experts."""
+        per = self._placed.get(key)
+        if self.paused or not per or all(p is None for p in per):
+            return a
+        shape, a = a.shape, a.reshape(-1, site.d_expert)
+        token, expert = token.to(a.device), expert.to(a.device)
+        for k, comp in enumerate(self.interventions):
+            if per[k] is None or (k > 0 and self.uniform):
+                continue
+            on = self._rows_on(k, comp.scope, token, a.device)
+            for i, placed in enumerate(per[k]):
+                if placed is None:
+                    continue
+                sel, val = self._tables(key, k, i, placed, site, a.dtype)
+                s = sel[expert]
+                if on is not None:
+                    s = s & on[:, None]
+                a = _apply_where(a, comp.terms[i].op, s, None if val is None else val[expert])
+        return a.reshape(shape)
+
+    def _rows_on(self, k: int, scope: str, token: torch.Tensor, device) -> torch.Tensor | None:
+        """bool ``[R]``: the rows whose token (b, t) runs intervention ``k`` (``rows[b] == k``) in ``scope``;
+        None for every row."""
+        if self.uniform and scope == "all":
+            return None
+        if self.shape is None:
+            raise InterventionError("per-row interventions or a scope need the forward's batch shape (the model's "
+                                    "pre-hook sets it)")
+        b, t = token // self.shape[1], token % self.shape[1]
+        on = torch.ones(token.shape[0], dtype=torch.bool, device=device)
+        if not self.uniform:
+            on &= torch.tensor(self.rows, device=device)[b] == k
+        where = self.where(scope, device)
+        if where is not None:
+            on &= where[b, t]
+        return on
+
+    def _tables(self, key, k: int, i: int, placed, site: ExpertSite, dtype: torch.dtype):
+        """(selected bool ``[E, d_e]``, values ``[E, d_e]`` in ``dtype`` or None) of term i of intervention k,
+        from its flattened indices e·d_e + j."""
+        ck = ("tables", key, k, i, dtype)
+        if ck not in self._cast:
+            j, v = placed
+            sel = torch.zeros(site.d_routed, dtype=torch.bool, device=j.device)
+            sel[j] = True
+            val = None
+            if v is not None:
+                val = torch.zeros(site.d_routed, dtype=dtype, device=j.device)
+                val[j] = v.to(dtype)
+                val = val.view(site.n_experts, site.d_expert)
+            self._cast[ck] = (sel.view(site.n_experts, site.d_expert), val)
+        return self._cast[ck]
+
     def _as3d(self, a: torch.Tensor) -> torch.Tensor:
         if a.dim() == 3:
             return a
@@ -461,6 +596,23 @@ def _apply(a: torch.Tensor, op: Operation, j: torch.Tensor | None, v: torch.Tens
         a[..., cols] = a[..., cols] + val
 
 
+def _apply_where(a: torch.Tensor, op: Operation, s: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+    """Out of place: ``a`` ``[R, d]`` with the entries where ``s`` (bool ``[R, d]``) edited by ``op`` (``v``:
+    per-entry values ``[R, d]`` from the mask, else the number ``op.value``), as :func:`_apply` does::
+
+        zero  0      set  v      scale  op.value · a      add  a + v      (v multiplied by a graded op's factor)"""
+    if op.mode == "zero":
+        return a.masked_fill(s, 0.0)
+    if op.mode == "scale":
+        return torch.where(s, a * op.value, a)
+    val = v if v is not None else op.value
+    if op.factor != 1.0:
+        val = val * op.factor
+    if op.mode == "set":
+        return a.masked_fill(s, val) if isinstance(val, float) else torch.where(s, val, a)
+    return torch.where(s, a + val, a)
+
+
 @contextmanager
 def intervene(
     model: nn.Module,
@@ -487,7 +639,12 @@ def intervene(
         yield None
         return
     terms = [t for iv in ivs if iv is not None for t in as_composite(iv).terms]
-    sites = list(sites if sites is not None else find_sites(model)) if any(t.site == "neuron" for t in terms) else []
+    if any(t.site == "neuron" for t in terms):
+        if sites is None:
+            sites = find_expert_sites(model) if is_routed(model) else find_sites(model)
+        sites = expert_parts(sites) if is_expert_sites(sites) else list(sites)
+    else:
+        sites = []
     if any(t.site == "residual" for t in terms):
         sites += residual_sites(model)
     session = Session(sites, ivs, rows)
@@ -497,7 +654,11 @@ def intervene(
             handles.append(model.register_forward_pre_hook(_call_hook(session), with_kwargs=True))
         for site in sites:
             key = (_kind(site), site.layer)
-            if any(p is not None for p in session._placed[key]):
+            if not any(p is not None for p in session._placed[key]):
+                continue
+            if key[0] == "routed":
+                handles += _routed_hooks(session, key, site.site)
+            else:
                 handles.append(site.module.register_forward_hook(_site_hook(session, key)))
         yield session
     finally:
@@ -527,6 +688,35 @@ def _offset(kwargs) -> int:
         if past is not None and hasattr(past, "get_seq_length"):
             return int(past.get_seq_length())
     return 0
+
+
+class _Restore:
+    def __init__(self, restore):
+        self.remove = restore
+
+
+def _routed_hooks(session: Session, key: tuple, site: ExpertSite) -> list:
+    """A routed layer's hooks: the row plan around the experts' forward (:class:`~lapeval.moe.RowPlan`) and the
+    edit of each call's rows on its non-linearity's output (GPT-OSS: inside ``_apply_gate``,
+    :func:`~lapeval.moe.edit_gate`)."""
+    plan = RowPlan(site)
+
+    def edit(a):
+        rows = plan.take(a.reshape(-1, site.d_expert).shape[0])
+        return a if rows is None else session.apply_routed(key, site, a, *rows)
+
+    handles = [site.experts.register_forward_pre_hook(plan.begin, with_kwargs=True)]
+    try:
+        handles.append(site.experts.register_forward_hook(plan.end))
+        if site.act is not None:
+            handles.append(site.act.register_forward_hook(lambda module, args, out: edit(out)))
+        else:
+            handles.append(_Restore(edit_gate(site.experts, edit)))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
 
 
 def _site_hook(session: Session, key: tuple):

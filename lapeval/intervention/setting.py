@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..languages import LangMap, resolve_task, split_list, task_direction
-from ..masks import NO_MOE_INTERVENTION, MaskError, NeuronMask
+from ..masks import MaskError, NeuronMask
 from .hooks import Composite, Intervention
 from .operation import (
     LANG_WORDS,
@@ -367,6 +367,15 @@ def check_spec(spec: Spec, mask: NeuronMask, targets: Sequence[str] | None = Non
                                      "from the activation statistics", kind, lacking)
 
 
+def _require_routable(spec: Spec, mask: NeuronMask) -> None:
+    """On a mixture-of-experts mask, what acts on routed layers so far: neuron terms with a number, p_max or
+    p_median (not test-time statistics); one-line :class:`LapeConfigError` otherwise."""
+    for t in spec.terms:
+        if t.site != "vec" and t.op.statistic:
+            raise LapeConfigError(f"{t.op.label} on a mixture-of-experts mask: test-time statistics are not "
+                                  "defined on routed layers yet (issue 25); use a number, p_max or p_median")
+
+
 def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = None, d_ff: int | None = None,
                   lang_map=None, ops=None, scope=None, vectors=None, hidden: int | None = None) -> Setting | None:
     """Validate the ``lape`` arguments (one-line errors) and build the :class:`Setting`; None = no intervention.
@@ -398,8 +407,8 @@ def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = Non
     except InterventionError as e:
         raise LapeConfigError(str(e)) from None
     mask = None if no_mask else neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
-    if mask is not None:
-        mask.require_dense(NO_MOE_INTERVENTION)
+    if mask is not None and mask.is_moe:
+        _require_routable(spec if spec is not None else parse_ops(Operation.parse(mode, value), scope=scope), mask)
     vecs = None
     if not no_vec:
         from ..vectors import ResidualVectors
