@@ -309,13 +309,13 @@ def forwards(monkeypatch):
     from lapeval.sites import stack_of
 
     calls = []
-    real = lapeval.lm.find_sites
+    real = lapeval.lm.find_neuron_sites
 
     def counting(model, *a, **k):
         stack_of(model).register_forward_pre_hook(lambda *_: calls.append(1))
         return real(model, *a, **k)
 
-    monkeypatch.setattr(lapeval.lm, "find_sites", counting)
+    monkeypatch.setattr(lapeval.lm, "find_neuron_sites", counting)
     return calls
 
 
