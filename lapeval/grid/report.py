@@ -341,10 +341,14 @@ def comparison_markdown(s: dict) -> list[str]:
     board = next(iter(s["leaderboard"]["models"].values()), None)
     if not board or not board["interventions"]:
         return []
+    from ..lss.tasks import lss_source
+
+    lss = s.get("lss", {})
+    lss_families = {r["family"] for r in s["rows"] if lss_source(r["task"])} if lss else set()  # the LSS columns
     entries = []  # (family, entry): each family's first metric, then its off-target rate where it has one
     for f, e in board["families"].items():
-        entries += [(f, e)] + ([(f, board["steering"][f])] if f in board.get("steering", {}) else [])
-    lss = s.get("lss", {})
+        if f not in lss_families:
+            entries += [(f, e)] + ([(f, board["steering"][f])] if f in board.get("steering", {}) else [])
     has_ctrl = any("control_mean" in (lss.get(op, {}).get("effects") or {}).get("overall", {}) for op in lss) or any(
         "minus_control" in e["interventions"][op]["self"] for _, e in entries for op in e["interventions"])
     head = ["intervention"]
