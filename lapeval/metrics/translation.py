@@ -100,7 +100,7 @@ class SufficientStatistics:
     def __init__(self, metric_factory):
         self._factory = metric_factory
 
-    def per_document(self, items) -> "np.ndarray":
+    def per_document(self, items):
         """int64 [n, k]: each document's statistics."""
         import numpy as np
 
