@@ -384,13 +384,14 @@ class RowPlan:
         self.site = site
         self.token: torch.Tensor | None = None
         self.expert: torch.Tensor | None = None
+        self.top_k_index: torch.Tensor | None = None  # [N, k], N = B·T flattened tokens
         self.at = 0
 
     def begin(self, module, args, kwargs) -> None:
         tensors = list(args) + list(kwargs.values())
         index = next(t for t in tensors if isinstance(t, torch.Tensor) and not t.is_floating_point())
-        self.token, self.expert = expert_rows(implementation_of(module), index.reshape(-1, index.shape[-1]),
-                                              self.site.n_experts)
+        self.top_k_index = index.reshape(-1, index.shape[-1])
+        self.token, self.expert = expert_rows(implementation_of(module), self.top_k_index, self.site.n_experts)
         self.at = 0
 
     def take(self, r: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -442,7 +443,8 @@ class ExpertActivationCounter:
         self._shape: tuple[int, int] | None = None
         self._slot_ids = torch.zeros(0, dtype=torch.int64)
         self._sums: list[torch.Tensor | None] = [None] * len(expert_sites)
-        self._plan: list[dict | None] = [None] * len(expert_sites)
+        self._plan = [RowPlan(site) for site in expert_sites]  # each routed layer's rows, forward by forward
+        self._counted_rows: list[torch.Tensor | None] = [None] * len(expert_sites)
         self._handles: list = []
 
     def set_batch(self, counted: torch.Tensor, slots: torch.Tensor | None = None,
@@ -492,42 +494,29 @@ class ExpertActivationCounter:
         site = self.sites[i]
 
         def hook(module, args, kwargs):
-            tensors = list(args) + list(kwargs.values())
-            index = next(t for t in tensors if isinstance(t, torch.Tensor) and not t.is_floating_point())
-            top_k_index = index.reshape(-1, index.shape[-1])  # [N, k], N = B·T flattened tokens
-            counted = self._counted_on(top_k_index.device, top_k_index.shape[0])
-            token, expert = expert_rows(implementation_of(module), top_k_index, site.n_experts)
-            chosen = top_k_index[counted].reshape(-1)
+            plan = self._plan[i]
+            plan.begin(module, args, kwargs)
+            top_k_index = plan.top_k_index
+            self._counted_rows[i] = self._counted_on(top_k_index.device, top_k_index.shape[0])
+            chosen = top_k_index[self._counted_rows[i]].reshape(-1)
             chosen = chosen[chosen < site.n_experts]
             self.routed[i] += torch.bincount(chosen, minlength=site.n_experts).to(self.routed[i].device)
-            self._plan[i] = {"token": token, "expert": expert, "counted": counted, "at": 0}
 
         return hook
 
     def _post_hook(self, i: int):
         """After the experts' forward: every planned row was seen, else the implementation is not the one read."""
-        site = self.sites[i]
-
-        def hook(module, args, out):
-            plan, self._plan[i] = self._plan[i], None
-            if plan is not None and plan["at"] != plan["token"].numel():
-                raise UnsupportedModelError(
-                    f"{site.experts_name}: its non-linearity saw {plan['at']} rows, the "
-                    f"{implementation_of(module)!r} row order {plan['token'].numel()}; this experts implementation "
-                    "bypasses the non-linearity module, use experts_implementation='grouped_mm'")
-
-        return hook
+        return self._plan[i].end
 
     def _observe(self, i: int, a: torch.Tensor) -> None:
         """One call's rows a [R, d_e]: the next R rows of the plan; counted rows add (a > 0) at e·d_e + j."""
-        plan, site = self._plan[i], self.sites[i]
-        if plan is None:  # called outside the experts' forward: not a routed row
-            return
+        site = self.sites[i]
         rows = a.reshape(-1, site.d_expert)
-        at, r = plan["at"], rows.shape[0]
-        token, expert = plan["token"][at:at + r], plan["expert"][at:at + r]
-        plan["at"] = at + r
-        keep = plan["counted"][token]
+        taken = self._plan[i].take(rows.shape[0])
+        if taken is None:  # called outside the experts' forward: not a routed row
+            return
+        token, expert = taken
+        keep = self._counted_rows[i][token]
         fired = (rows[keep] > 0).to(torch.int64)
         routed = self.over_zero[i][: site.d_routed].view(site.n_experts, site.d_expert)
         routed.index_add_(0, expert[keep].to(routed.device), fired.to(routed.device))
@@ -576,6 +565,6 @@ class ExpertActivationCounter:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self._plan = [None] * len(self.sites)
+        self._plan = [RowPlan(site) for site in self.sites]
         self.flush()
         return False
