@@ -37,8 +37,6 @@ from .languages import PAPER1_LANGUAGES, PAPER2_LANGUAGES, normalize, parse_list
 FORMAT = "lapeval.neuron_mask"
 FORMAT_VERSION = 2  # the newest this lapeval reads; dense masks are still written as 1
 _MOE_VERSION = 2
-NO_MOE_INTERVENTION = ("lss, grid and search-factor do not act on routed experts yet (issue 25; the lape model does: "
-                       "--model lape with neurons=)")
 VALUE_KINDS = ("p_max", "p_median")
 
 

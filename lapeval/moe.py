@@ -332,6 +332,22 @@ def expert_rows(implementation: str, top_k_index: torch.Tensor, n_experts: int) 
     return order // k, flat[order]
 
 
+def _set_instance_attr(module: nn.Module, name: str, value) -> Callable[[], object]:
+    """Set ``module.<name>`` on the instance; returns the function that puts back what was there (an accelerate
+    hook's wrapper, say) or removes it."""
+    had = name in module.__dict__
+    before = module.__dict__.get(name)
+    module.__dict__[name] = value
+
+    def restore():
+        if had:
+            module.__dict__[name] = before
+        else:
+            module.__dict__.pop(name, None)
+
+    return restore
+
+
 def _probe_gate(experts: nn.Module, observe: Callable[[torch.Tensor], None]) -> Callable[[], object]:
     """For experts with no non-linearity module (GPT-OSS): wrap the instance's ``_apply_gate(gate_up)`` so that
     ``observe(a)`` sees the neurons' activation a = min(g, limit) · σ(α · min(g, limit)), the factor before the
@@ -346,8 +362,7 @@ def _probe_gate(experts: nn.Module, observe: Callable[[torch.Tensor], None]) -> 
         observe(g * torch.sigmoid(g * experts.alpha))
         return original(gate_up)
 
-    experts._apply_gate = apply_gate
-    return lambda: experts.__dict__.pop("_apply_gate", None)
+    return _set_instance_attr(experts, "_apply_gate", apply_gate)
 
 
 def edit_gate(experts: nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
@@ -368,8 +383,72 @@ def edit_gate(experts: nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]) 
         glu = edit(gate * torch.sigmoid(gate * experts.alpha))
         return (up + 1) * glu
 
-    experts._apply_gate = apply_gate
-    return lambda: experts.__dict__.pop("_apply_gate", None)
+    return _set_instance_attr(experts, "_apply_gate", apply_gate)
+
+
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+
+
+def edit_router(site: ExpertSite, edit: Callable[[torch.Tensor, bool], torch.Tensor]) -> Callable[[], object]:
+    """Wrap the router's forward so that ``edit`` rewrites, during it, the router logits z ``[N, E]`` — the
+    output of its one linear map onto the E experts (``F.linear(x, W_router[, b])``), whatever the router does
+    with them next (softmax then top-k: Qwen-MoE, Mixtral, OLMoE; top-k then softmax: GPT-OSS; sigmoid, a
+    correction bias and grouped top-k: DeepSeek-V3) — as ``edit(z, False)``; and, where the router adds a
+    per-expert bias of its own to scores derived from z before choosing (DeepSeek-V3's
+    ``e_score_correction_bias``: choice = σ(z) + b), that sum as ``edit(choice, True)``, so that an expert
+    banned with z = −∞ (σ(z) = 0) cannot come back through b. Found by a torch function mode that is active
+    only inside the router's forward; a router whose forward makes no such linear map is refused. Returns the
+    function that restores the forward."""
+    router, n = site.router, site.n_experts
+    original = router.forward
+    biases = [t for t in (*router.parameters(recurse=False), *router.buffers(recurse=False))
+              if t.dim() == 1 and t.shape[0] == n]
+
+    class _Edit(torch.overrides.TorchFunctionMode):
+        seen = False
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not isinstance(out, torch.Tensor) or not out.dim() or out.shape[-1] != n:
+                return out
+            if not self.seen and func is torch.nn.functional.linear:
+                self.seen = True
+                return edit(out, False)
+            if self.seen and func in _ADDS and any(a is b for a in args for b in biases):
+                return edit(out, True)
+            return out
+
+    def forward(*args, **kwargs):
+        mode = _Edit()
+        with mode:
+            out = original(*args, **kwargs)
+        if not mode.seen:
+            raise UnsupportedModelError(f"{site.router_name}: its forward makes no linear map onto its {n} experts' "
+                                        "logits, so route: terms cannot reach them")
+        return out
+
+    return _set_instance_attr(router, "forward", forward)
+
+
+def ban_leaves_routing(site: ExpertSite, banned: set[int]) -> str | None:
+    """Why banning ``banned`` experts of ``site`` would leave a token fewer than top-k experts to route to
+    (None when it does not): at least k must stay, and under grouped top-k (a router with ``num_group`` /
+    ``n_group`` and ``topk_group``: a group scores the sum of its best two experts, so a group with fewer than
+    two left scores −∞) the ``topk_group`` groups with the fewest left must still hold k of them."""
+    left = site.n_experts - len(banned)
+    if left < site.top_k:
+        return f"banning {len(banned)} of its {site.n_experts} experts leaves fewer than top-k = {site.top_k}"
+    router = site.router
+    groups = getattr(router, "num_group", getattr(router, "n_group", None))
+    topk_group = getattr(router, "topk_group", None)
+    if isinstance(groups, int) and isinstance(topk_group, int) and groups > 1 and site.n_experts % groups == 0:
+        size = site.n_experts // groups
+        counts = [sum(1 for e in range(g * size, (g + 1) * size) if e not in banned) for g in range(groups)]
+        usable = sorted(c for c in counts if c >= min(2, size))
+        if len(usable) < topk_group or sum(usable[:topk_group]) < site.top_k:
+            return (f"banning experts {sorted(banned)} leaves too few groups of its grouped top-k ({groups} groups of "
+                    f"{size}, top {topk_group} groups, top-k {site.top_k})")
+    return None
 
 
 class RowPlan:

@@ -543,7 +543,7 @@ def load_mask(path):
     """The :class:`~lapeval.masks.NeuronMask` of ``path``, read once per process for a given file state
     (path, size, modification time): the grid's configurations, cells and model share one object. A missing
     file is a one-line :class:`GridError`."""
-    from ..masks import NO_MOE_INTERVENTION, NeuronMask
+    from ..masks import NeuronMask
 
     p = Path(str(path)).expanduser()
     if not p.is_file():
@@ -552,7 +552,6 @@ def load_mask(path):
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _MASKS:
         mask = NeuronMask.load(p)
-        mask.require_dense(NO_MOE_INTERVENTION)
         _MASKS[key] = mask
     return _MASKS[key]
 

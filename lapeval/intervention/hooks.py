@@ -67,6 +67,17 @@ select in expert e, for the row's b (its intervention) and (b, t) (its scope); a
 no row there and is untouched. Shared FFNs are edited as dense sites on every token. Test-time statistics
 are refused on routed layers.
 
+**Router terms** (``route:``, :meth:`Intervention.from_experts`) act on a routed layer's router logits
+``z ∈ R^{N×E}`` (token n = b·T + t) before the router chooses, on the experts X^(l) of the chosen languages (the
+mask's ``L.expert``), per row b and within the scope at (b, t)::
+
+    ban        z[n,e] ← −∞        e ∈ X^(l)   (no token is routed to e; the router renormalises over the rest)
+    bias β     z[n,e] ← z[n,e] + β
+
+and where a router adds a per-expert bias of its own before choosing (DeepSeek-V3's correction bias) a banned
+expert's choice score is −∞ too (:func:`~lapeval.moe.edit_router`). ``bias:0`` touches nothing. A ban that
+would leave a token fewer than top-k experts is refused (:func:`~lapeval.moe.ban_leaves_routing`).
+
 Hooks are forward hooks on the sites' non-linearity modules (and, for residual terms, on the decoder layers),
 editing the output in place; they live only inside :func:`intervene` and are removed on exit, also when an
 exception is raised.
@@ -82,11 +93,21 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..moe import ExpertSite, RowPlan, edit_gate, find_expert_sites, is_expert_sites, is_routed
+from ..moe import (
+    ExpertSite,
+    RowPlan,
+    ban_leaves_routing,
+    edit_gate,
+    edit_router,
+    find_expert_sites,
+    is_expert_sites,
+    is_routed,
+)
 from ..sites import Site, find_sites
 from .operation import (  # noqa: F401
     MASK_VALUES,
     MODES,
+    ROUTE_MODES,
     InterventionError,
     Operation,
     adds_vector,
@@ -105,7 +126,9 @@ class Intervention:
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     languages: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None
-    site: str = "neuron"  # or "residual": ``neurons[l]`` are then all hidden dimensions, ``values[l]`` α · v^(l)
+    # or "residual": ``neurons[l]`` are then all hidden dimensions, ``values[l]`` α · v^(l); or "route":
+    # ``neurons[l]`` are the experts of layer l whose router logits the term edits
+    site: str = "neuron"
 
     @classmethod
     def from_vectors(cls, vectors, languages: Sequence[str], mode, value=None, layers=None) -> "Intervention":
@@ -125,6 +148,48 @@ class Intervention:
                 neurons[l] = torch.arange(vectors.hidden)
                 values[l] = (op.value * v[l]).to(torch.float32)
         return cls(op, neurons, values, langs, chosen, "residual")
+
+    @classmethod
+    def from_experts(cls, mask, languages: Sequence[str], op, layers=None) -> "Intervention":
+        """A router term (``ban``, ``bias:β``, :meth:`Operation.parse_route`) on the union of ``languages``'
+        experts in a mixture-of-experts :class:`~lapeval.masks.NeuronMask` (``L.expert_layer`` / ``L.expert``),
+        in ``layers`` (default all). ``bias:0`` touches nothing (no hook). A ban leaving a layer fewer than
+        top-k experts is a one-line error."""
+        if not isinstance(op, Operation):
+            op = Operation.parse_route(*(op.split(":", 1) if ":" in op else (op, None)))
+        if op.mode not in ROUTE_MODES:
+            raise InterventionError(f"{op.label} on experts: a router term is route:ban or route:bias:β")
+        if not mask.is_moe:
+            raise InterventionError(f"route:{op.label} acts on a mixture-of-experts router, and this mask is of a "
+                                    "dense model: use neuron terms (zero, set, scale, add)")
+        if not mask.experts:
+            raise InterventionError(f"route:{op.label}: the mask{' ' + str(mask.path) if mask.path else ''} holds no "
+                                    "language-specific experts; select them with lapeval select on the routed "
+                                    "model's statistics (--expert-top-rate)")
+        chosen = parse_layers(layers, mask.n_layers) if not isinstance(layers, tuple) else layers
+        langs = tuple(dict.fromkeys(mask.code(l) for l in languages))
+        if not langs:
+            raise InterventionError(f"no language given: use codes of this mask ({', '.join(mask.languages)})")
+        moe = mask.meta["moe"]
+        held = torch.zeros(mask.n_layers, int(moe["experts"]), dtype=torch.bool)
+        for lang in langs:
+            if lang in mask.experts:
+                layer, expert = mask.experts[lang]
+                held[layer, expert] = True
+        neurons = {}
+        if not (op.mode == "bias" and op.value == 0.0):
+            for l in range(mask.n_layers) if chosen is None else chosen:
+                e = torch.nonzero(held[l], as_tuple=True)[0]
+                if e.numel():
+                    neurons[l] = e
+        if op.mode == "ban":
+            for l, e in neurons.items():
+                left = int(moe["layer_experts"][l]) - e.numel()
+                if left < int(moe["top_k"]):
+                    raise InterventionError(f"route:ban@{'+'.join(langs)}: layer {l} would keep {left} of its "
+                                            f"{moe['layer_experts'][l]} experts, fewer than top-k = {moe['top_k']}; "
+                                            "ban in fewer layers (@LAYERS) or use route:bias:β")
+        return cls(op, neurons, {}, langs, chosen, "route")
 
     @classmethod
     def from_mask(cls, mask, languages: Sequence[str], mode, value=None, layers=None) -> "Intervention":
@@ -179,7 +244,7 @@ class Intervention:
             "value": self.op.value,
             "languages": list(self.languages),
             "layers": "all" if self.layers is None else list(self.layers),
-            "n_neurons": self.n_neurons,
+            ("n_experts" if self.site == "route" else "n_neurons"): self.n_neurons,
         }
         if self.site != "neuron":
             d["site"] = self.site
@@ -275,6 +340,23 @@ class ExpertPart:
         return self.site.device
 
 
+@dataclass
+class RouterPart:
+    """The router of a routed layer: its logits ``[N, E]`` are where router terms act (``d_ff``: E, the width
+    a term's expert indices are checked against)."""
+
+    layer: int
+    site: ExpertSite
+
+    @property
+    def d_ff(self) -> int:
+        return self.site.n_experts
+
+    @property
+    def device(self) -> torch.device:
+        return self.site.device
+
+
 def expert_parts(sites: list[ExpertSite]) -> list[ExpertPart]:
     """Every routed layer's hook points: its routed experts (if E > 0), then each shared FFN."""
     out = []
@@ -288,6 +370,8 @@ def expert_parts(sites: list[ExpertSite]) -> list[ExpertPart]:
 def _kind(site) -> str:
     if isinstance(site, ExpertPart):
         return "routed" if site.shared is None else f"shared{site.shared}"
+    if isinstance(site, RouterPart):
+        return "route"
     return "residual" if isinstance(site, ResidualSite) else "neuron"
 
 
@@ -359,6 +443,8 @@ class Session:
                     placed.append((j.to(site.device), None if v is None else v.to(site.device)))
                 per.append(placed if any(p is not None for p in placed) else None)
             self._placed[(_kind(site), site.layer)] = per
+            if isinstance(site, RouterPart):
+                self._check_bans(site, per)
         self._cast: dict[tuple, torch.Tensor] = {}
         self._pending_lengths: list[int] | None = None
         self._pending_conts: list[int] | None = None
@@ -369,6 +455,16 @@ class Session:
         self.offset = 0  # absolute position of the call's first position (tokens already cached)
         self._mask_on: dict[torch.device, torch.Tensor] = {}
         self._where: dict[tuple, torch.Tensor] = {}
+
+    def _check_bans(self, part: RouterPart, per) -> None:
+        """One-line error when an intervention's bans (all its terms together) leave a layer unroutable."""
+        for k, placed in enumerate(per):
+            banned = {e for i, p in enumerate(placed or ()) if p is not None
+                      and self.interventions[k].terms[i].op.mode == "ban" for e in p[0].tolist()}
+            why = ban_leaves_routing(part.site, banned) if banned else None
+            if why:
+                raise InterventionError(f"route:ban on layer {part.layer}: {why}; ban in fewer layers (@LAYERS) or "
+                                        "use route:bias:β")
 
     @property
     def needs_call_info(self) -> bool:
@@ -507,6 +603,33 @@ class Session:
                 a = _apply_where(a, comp.terms[i].op, s, None if val is None else val[expert])
         return a.reshape(shape)
 
+    def apply_route(self, key: tuple, z: torch.Tensor, choice: bool = False) -> torch.Tensor:
+        """Router logits ``z`` ``[N, E]`` of one call (row n = flattened token b·T + t) with every router term of
+        the intervention of row b, in its scope at (b, t), applied in order: ``ban`` → −∞, ``bias:β`` → z + β
+        on the term's experts (module docstring). ``choice``: ``z`` is a router's own choice scores (derived from
+        the logits, plus its correction bias), where only bans apply. A new tensor; ``z`` itself is left as it is."""
+        per = self._placed.get(key)
+        if self.paused or not per or all(p is None for p in per):
+            return z
+        shape, z = z.shape, z.reshape(-1, z.shape[-1])
+        token = None
+        for k, comp in enumerate(self.interventions):
+            if per[k] is None or (k > 0 and self.uniform):
+                continue
+            on = None
+            if not (self.uniform and comp.scope == "all"):
+                token = torch.arange(z.shape[0], device=z.device) if token is None else token
+                on = self._rows_on(k, comp.scope, token, z.device)
+            for i, placed in enumerate(per[k]):
+                op = comp.terms[i].op
+                if placed is None or (choice and op.mode != "ban"):
+                    continue
+                sel = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
+                sel[placed[0].to(z.device)] = True
+                s = sel[None, :] if on is None else on[:, None] & sel[None, :]
+                z = z.masked_fill(s, -math.inf) if op.mode == "ban" else torch.where(s, z + op.value, z)
+        return z.reshape(shape)
+
     def _rows_on(self, k: int, scope: str, token: torch.Tensor, device) -> torch.Tensor | None:
         """bool ``[R]``: the rows whose token (b, t) runs intervention ``k`` (``rows[b] == k``) in ``scope``;
         None for every row."""
@@ -639,14 +762,20 @@ def intervene(
         yield None
         return
     terms = [t for iv in ivs if iv is not None for t in as_composite(iv).terms]
-    if any(t.site == "neuron" for t in terms):
-        if sites is None:
-            sites = find_expert_sites(model) if is_routed(model) else find_sites(model)
-        sites = expert_parts(sites) if is_expert_sites(sites) else list(sites)
-    else:
-        sites = []
-    if any(t.site == "residual" for t in terms):
-        sites += residual_sites(model)
+    kinds = {t.site for t in terms}
+    found = []
+    if kinds & {"neuron", "route"}:
+        found = list(sites) if sites is not None else find_expert_sites(model) if is_routed(model) else find_sites(model)
+    hooked = []
+    if "neuron" in kinds:
+        hooked += expert_parts(found) if is_expert_sites(found) else found
+    if "route" in kinds:
+        if not is_expert_sites(found):
+            raise InterventionError("route: terms act on a mixture-of-experts router, and this model's FFNs are dense")
+        hooked += [RouterPart(s.layer, s) for s in found if s.n_experts]
+    if "residual" in kinds:
+        hooked += residual_sites(model)
+    sites = hooked
     session = Session(sites, ivs, rows)
     handles = []
     try:
@@ -658,6 +787,8 @@ def intervene(
                 continue
             if key[0] == "routed":
                 handles += _routed_hooks(session, key, site.site)
+            elif key[0] == "route":
+                handles.append(_Restore(edit_router(site.site, lambda z, choice, key=key: session.apply_route(key, z, choice))))
             else:
                 handles.append(site.module.register_forward_hook(_site_hook(session, key)))
         yield session

@@ -15,6 +15,11 @@ the sequence the terms act (:data:`SCOPES`, formulas in :mod:`lapeval.interventi
     zero@en;set:p_max@fr                  leave English, enter French (Gurgurov et al. 2025)
     add:2*p_max@tgt;scope:generation      push the target by twice its p_max, on generated tokens only
 
+Two prefixes move a term off the neurons: ``vec:add:α`` adds α times the languages' residual vectors to the
+decoder layers' outputs (``vectors=``, DiffMean), and on a mixture-of-experts mask ``route:ban`` /
+``route:bias:β`` act on the router, on the languages' experts (``L.expert`` of the mask): ``ban`` sets their
+logits to −∞ before top-k (no token is routed to them), ``bias:β`` adds β to their logits (docs/method §12).
+
 A **value** is a number, a mask statistic (``p_max``, ``p_median``), a test-time statistic (``tt_max``,
 ``tt_p<q>``), or a factor times a statistic (``2*p_max``, also written ``2·p_max``); ``scale:α`` multiplies.
 
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from ..errors import LapevalError
 
 MODES = ("zero", "set", "scale", "add")
+ROUTE_MODES = ("ban", "bias")  # on a mixture-of-experts router: route:ban, route:bias:β
 MASK_VALUES = ("p_max", "p_median")
 SCOPES = ("all", "prompt", "generation", "last")
 LANG_WORDS = ("self", "src", "tgt")  # languages resolved per request
@@ -77,6 +83,23 @@ class Operation:
         if m == "scale" and not isinstance(v, float):
             raise InterventionError(f"mode=scale takes a numeric factor, not value={value!r}")
         return cls(m, v, factor)
+
+    @classmethod
+    def parse_route(cls, mode, value=None) -> "Operation":
+        """A router operation (:data:`ROUTE_MODES`): ``ban`` (no value; the expert's logit → −∞) or ``bias`` with a
+        finite number β (β added to the expert's logit)."""
+        m = "" if mode is None else str(mode).strip().lower()
+        if m not in ROUTE_MODES:
+            raise InterventionError(f"unknown router operation {mode!r}: use route:ban or route:bias:β (e.g. route:bias:2)")
+        v = _parse_value(value)
+        if m == "ban":
+            if v is not None:
+                raise InterventionError(f"route:ban takes no value (got {value!r}); to favour or disfavour an expert "
+                                        "write route:bias:β")
+            return cls("ban", None)
+        if not isinstance(v, float):
+            raise InterventionError(f"route:bias needs a number β (got {value!r}), e.g. route:bias:2 or route:bias:-1")
+        return cls("bias", v)
 
     @property
     def mask_values(self) -> str | None:
@@ -209,8 +232,9 @@ class Term:
     """One operation on the neurons of ``languages`` (None: the context's default; codes, ``all``, or one
     of :data:`LANG_WORDS`) in ``layers`` (a canonical layer label, None: all layers). ``site``: ``vec`` for
     a term on the residual stream (``vec:add:4@fr``: α · v_fr added to the decoder layers' outputs, with
-    ``vectors=``); None for the default site (the neurons, or the residual stream when only ``vectors=`` is
-    given)."""
+    ``vectors=``); ``route`` for a term on a mixture-of-experts router, acting on the languages' experts
+    (``route:ban@fr``: their logits to −∞ before top-k; ``route:bias:2@fr``: +2 on their logits); None for the
+    default site (the neurons, or the residual stream when only ``vectors=`` is given)."""
 
     op: Operation
     languages: tuple[str, ...] | None = None
@@ -219,8 +243,9 @@ class Term:
 
     @property
     def label(self) -> str:
-        """``set:p_max@fr``, ``zero@en+zh@0-5``, ``scale:2@0-5``, ``vec:add:4@fr`` (languages before layers)."""
-        out = ("vec:" if self.site == "vec" else "") + self.op.label
+        """``set:p_max@fr``, ``zero@en+zh@0-5``, ``scale:2@0-5``, ``vec:add:4@fr``, ``route:ban@fr@10-17``
+        (languages before layers)."""
+        out = (f"{self.site}:" if self.site else "") + self.op.label
         if self.languages:
             out += "@" + "+".join(self.languages)
         return out + (f"@{self.layers}" if self.layers else "")
@@ -278,6 +303,32 @@ def _languages(text, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _split_parts(text: str, spec, what: str) -> tuple[str, str | None, str | None]:
+    """``HEAD[@LANGS][@LAYERS]`` → (head, languages text or None, layers text or None), in either order."""
+    head, *parts = text.split("@")
+    langs = layers = None
+    for part in parts:
+        part = part.strip()
+        if not part:
+            raise InterventionError(f"{what} {spec!r}: empty part after @: write MODE[:VALUE][@LANGS][@LAYERS], "
+                                    "e.g. set:p_max@fr@10-17")
+        if _LAYERS_PART.match(part):
+            if layers is not None:
+                raise InterventionError(f"{what} {spec!r}: two layer subsets; give one (0-5+17)")
+            layers = part
+        else:
+            if langs is not None:
+                raise InterventionError(f"{what} {spec!r}: two language lists; join languages by + (en+zh)")
+            langs = part
+    return head, langs, layers
+
+
+def _mode_value(head: str) -> tuple[str, str | None]:
+    """``set:p_max`` / ``set=p_max`` → ("set", "p_max"); ``zero`` → ("zero", None)."""
+    sep = min((i for i in (head.find(":"), head.find("=")) if i >= 0), default=-1)
+    return (head[:sep], head[sep + 1:]) if sep >= 0 else (head, None)
+
+
 def parse_term(spec, what: str = "intervention") -> Term:
     """One term: ``MODE[:VALUE][@LANGS][@LAYERS]``, a mapping ``{mode, value, lang, layers}``, a tuple
     ``(mode, value[, layers])`` or an :class:`Operation`. ``=`` is accepted for ``:`` (as in file names)."""
@@ -306,23 +357,16 @@ def parse_term(spec, what: str = "intervention") -> Term:
             if not adds_vector(inner.op):
                 raise InterventionError(f"{what} {spec!r}: a vector term adds α · v: write vec:add:α (e.g. vec:add:4@fr)")
             return Term(inner.op, inner.languages, inner.layers, "vec")
-        head, *parts = text.split("@")
-        layers = None
-        for part in parts:
-            part = part.strip()
-            if not part:
-                raise InterventionError(f"{what} {spec!r}: empty part after @: write MODE[:VALUE][@LANGS][@LAYERS], "
-                                        "e.g. set:p_max@fr@10-17")
-            if _LAYERS_PART.match(part):
-                if layers is not None:
-                    raise InterventionError(f"{what} {spec!r}: two layer subsets; give one (0-5+17)")
-                layers = part
-            else:
-                if langs is not None:
-                    raise InterventionError(f"{what} {spec!r}: two language lists; join languages by + (en+zh)")
-                langs = part
-        sep = min((i for i in (head.find(":"), head.find("=")) if i >= 0), default=-1)
-        mode, value = (head[:sep], head[sep + 1:]) if sep >= 0 else (head, None)
+        if text.lower().startswith("route:"):  # a term on the router (the languages' experts)
+            head, langs, layers = _split_parts(text[6:], spec, what)
+            mode, value = _mode_value(head)
+            try:
+                return Term(Operation.parse_route(mode, value), None if langs is None else _languages(langs, "languages"),
+                            layers_label(layers), "route")
+            except LapevalError as e:
+                raise InterventionError(f"{what} {spec!r}: {e}") from None
+        head, langs, layers = _split_parts(text, spec, what)
+        mode, value = _mode_value(head)
     else:
         raise InterventionError(f"{what} {spec!r}: write MODE[:VALUE][@LANGS][@LAYERS], e.g. set:p_max@fr or "
                                 f"scale:2@0-5, or a mapping with mode:/value:/lang:/layers:")

@@ -51,7 +51,7 @@ class SettingTerm:
     op: Operation
     languages: tuple[str, ...] | str
     layers: tuple[int, ...] | None
-    site: str = "neuron"  # or "residual" (a vector term)
+    site: str = "neuron"  # or "residual" (a vector term), or "route" (a router term, on the languages' experts)
 
     @property
     def per_request(self) -> bool:
@@ -59,6 +59,8 @@ class SettingTerm:
 
 
 Resolution = tuple[tuple[str, ...], ...]  # per term, the languages whose neurons it touches
+_PREFIX = {"neuron": "", "residual": "vec:", "route": "route:"}  # a term's site → its spelling's prefix
+_SITE = {None: "neuron", "vec": "residual", "route": "route"}  # a spec term's site → the setting's
 
 
 @dataclass
@@ -112,9 +114,9 @@ class Setting:
         """``set:p_max``, ``zero@0-5`` (one term), ``zero@en;set:p_max@fr;scope:generation``: the one spelling of
         :mod:`lapeval.intervention.operation` (a one-term setting without its languages, as before)."""
         if self.single:
-            return ("vec:" if self.terms[0].site == "residual" else "") + spec_label(self.op, self.layers)
+            return _PREFIX[self.terms[0].site] + spec_label(self.op, self.layers)
         return Spec(tuple(Term(t.op, (t.languages,) if isinstance(t.languages, str) else t.languages,
-                               layers_label(t.layers), "vec" if t.site == "residual" else None)
+                               layers_label(t.layers), _PREFIX[t.site][:-1] or None)
                           for t in self.terms), self.scope).label
 
     def _resolution(self, langs) -> Resolution:
@@ -146,6 +148,8 @@ class Setting:
     def _compile(self, t: SettingTerm, langs) -> Intervention:
         if t.site == "residual":
             return Intervention.from_vectors(self.vectors, langs, t.op, layers=t.layers)
+        if t.site == "route":
+            return Intervention.from_experts(self.mask, langs, t.op, layers=t.layers)
         return Intervention.from_mask(self.mask, langs, t.op, layers=t.layers)
 
     def key(self, langs=None) -> dict:
@@ -194,11 +198,12 @@ class Setting:
         if self.vectors is not None:
             d.update(vectors=str(self.vectors.path) if self.vectors.path else None,
                      vector_languages=list(self.vectors.languages))
+        count_of = lambda t: "n_experts" if t.site == "route" else "n_neurons"  # noqa: E731
         if self.single:
-            d["n_neurons"] = counts(self.terms[0])
+            d[count_of(self.terms[0])] = counts(self.terms[0])
         else:
             for t, dt in zip(self.terms, d["terms"]):
-                dt["n_neurons"] = counts(t)
+                dt[count_of(t)] = counts(t)
         if self.lang_map:
             d["lang_map"] = self.lang_map.to_dict()
         if self.per_request:
@@ -334,6 +339,8 @@ def check_spec(spec: Spec, mask: NeuronMask, targets: Sequence[str] | None = Non
     * with ``targets`` (the languages terms without ``@LANGS`` act on): some term acts on the target
       (:func:`~lapeval.intervention.operation.require_target_term`), and every target is in the mask;
     * every language a term names is in the mask, every layer subset fits its layers;
+    * a router term (``route:``) has experts to act on (a mixture-of-experts mask holding them), and no term
+      takes a test-time statistic on a routed model;
     * every value a term takes from the mask (``p_max`` / ``p_median``) is stored for each language the term
       acts on (named ones; ``all``: every language of the mask; none: ``targets``; ``self`` / ``src`` /
       ``tgt``: every language of the mask, as any may be routed to).
@@ -344,7 +351,13 @@ def check_spec(spec: Spec, mask: NeuronMask, targets: Sequence[str] | None = Non
     if targets is not None:
         require_target_term(spec)
         codes = [mask.code(t) for t in targets if t != "self"]
+    if any(t.site is None and t.op.statistic for t in spec.terms) and mask.is_moe:
+        _require_routable(spec, mask)
     for t in spec.terms:
+        if t.site == "route" and not (mask.is_moe and mask.experts):
+            where = f" {mask.path}" if mask.path else ""
+            raise MaskError(f"{t.label}: mask{where} holds no language-specific experts (route: terms act on a "
+                            "mixture-of-experts model's experts; lapeval identify on a routed model selects them)")
         named = [l for l in t.languages or () if l not in (*LANG_WORDS, "all")]
         for lang in named:
             mask.code(lang)
@@ -369,9 +382,9 @@ def check_spec(spec: Spec, mask: NeuronMask, targets: Sequence[str] | None = Non
 
 def _require_routable(spec: Spec, mask: NeuronMask) -> None:
     """On a mixture-of-experts mask, what acts on routed layers so far: neuron terms with a number, p_max or
-    p_median (not test-time statistics); one-line :class:`LapeConfigError` otherwise."""
+    p_median (not test-time statistics), and router terms; one-line :class:`LapeConfigError` otherwise."""
     for t in spec.terms:
-        if t.site != "vec" and t.op.statistic:
+        if t.site is None and t.op.statistic:
             raise LapeConfigError(f"{t.op.label} on a mixture-of-experts mask: test-time statistics are not "
                                   "defined on routed layers yet (issue 25); use a number, p_max or p_median")
 
@@ -427,9 +440,12 @@ def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = Non
     terms = []
     for t in spec.terms:
         where = "" if spec.simple else f"ops= term {t.label!r}: "
-        site = "residual" if t.site == "vec" or mask is None else "neuron"
+        site = "residual" if mask is None and t.site is None else _SITE[t.site]
         if site == "residual" and vecs is None:
             raise LapeConfigError(f"{where}a vec: term needs vectors=<residual vectors file> (lapeval vectors)")
+        if site == "route" and (mask is None or not mask.is_moe):
+            raise LapeConfigError(f"{where}{t.label} acts on a mixture-of-experts router: give neurons=<the routed "
+                                  "model's mask> (lapeval identify on a mixture-of-experts model)")
         source = vecs if site == "residual" else mask
         if site == "residual" and not adds_vector(t.op):
             raise LapeConfigError(f"{where}{t.op.label} on residual vectors: a vector term adds α · v, write "

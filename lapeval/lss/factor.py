@@ -125,7 +125,8 @@ def parse_alphas(spec) -> list[float]:
 
 def sweep_candidates(operation, alphas=None) -> list[Candidate]:
     """``operation`` graded by each α: every term acting on the target (no ``@LANGS``) gets ``α·value``
-    (``add:p_max`` → ``add:α*p_max``, ``set:tt_max`` → ``set:α*tt_max``) or, for ``scale``, ``scale:α``."""
+    (``add:p_max`` → ``add:α*p_max``, ``set:tt_max`` → ``set:α*tt_max``, ``route:bias:1`` → ``route:bias:α``)
+    or, for ``scale``, ``scale:α``."""
     try:
         base = parse_ops("scale:1" if str(operation).strip().lower() == "scale" else operation, "--sweep")
     except LapevalError as e:
@@ -134,9 +135,9 @@ def sweep_candidates(operation, alphas=None) -> list[Candidate]:
     if not graded:
         raise CandidateError(f"--sweep {operation!r}: no term acts on the target (leave its @LANGS out)")
     for t in graded:
-        if t.op.mode == "zero":
-            raise CandidateError(f"--sweep {operation!r}: zero has no value to grade: sweep add:p_max, "
-                                 "set:p_max, add:tt_max, vec:add:1 or scale")
+        if t.op.mode in ("zero", "ban"):
+            raise CandidateError(f"--sweep {operation!r}: {t.op.mode} has no value to grade: sweep add:p_max, "
+                                 "set:p_max, add:tt_max, vec:add:1, route:bias:1 or scale")
         if t.op.factor != 1.0:
             raise CandidateError(f"--sweep {operation!r}: give the operation without a factor (add:p_max): "
                                  "--alphas grades it")
@@ -281,13 +282,12 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     Ties (equal means) go to the **earlier** candidate in the list; NaN means (no pair to score) never
     win, and a target whose every mean is NaN gets ``None``.
     """
-    from ..masks import NO_MOE_INTERVENTION, NeuronMask
+    from ..lm import check_mask
+    from ..masks import NeuronMask
     from .matrix import compute_matrix, load_vectors, paired_baseline
 
     mask = None if neurons is None else (
         neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser()))
-    if mask is not None:
-        mask.require_dense(NO_MOE_INTERVENTION)
     cands = build_candidates(candidates if isinstance(candidates, str) else list(candidates))
     targets = list(targets)
     vecs = load_vectors(vectors, targets) if vectors is not None else None
@@ -296,7 +296,7 @@ def search(lm, tasks: dict, targets: Sequence[str], neurons, candidates, layers=
     check_candidates(cands, mask, targets, vecs)
     parse_layers(layers, (mask or vecs).n_layers)
     if mask is not None:
-        mask.check_model(len(lm.sites), lm.sites[0].d_ff)
+        check_mask(mask, lm.sites)
     if vecs is not None:
         from ..sites import hidden_size_of
 
@@ -359,8 +359,8 @@ def graded_label(operation) -> str:
         else:
             v = t.op.value
             graded = "α" if t.op.mode == "scale" or v == 1.0 else f"α·{v:g}" if isinstance(v, float) else f"α·{v}"
-            head = ("vec:" if t.site == "vec" else "") + f"{t.op.mode}:{graded}"
-            parts.append(head + t.label[len(("vec:" if t.site == "vec" else "") + t.op.label):])
+            prefix = f"{t.site}:" if t.site else ""
+            parts.append(f"{prefix}{t.op.mode}:{graded}" + t.label[len(prefix + t.op.label):])
     return ";".join(parts + ([f"scope:{spec.scope}"] if spec.scope != "all" else []))
 
 

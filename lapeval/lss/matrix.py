@@ -141,7 +141,7 @@ def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=No
     (:func:`load_vectors`). Returns (sources, targets, mask or None)."""
     from ..intervention.operation import Operation, parse_layers
     from ..languages import parse_list
-    from ..masks import NO_MOE_INTERVENTION, NeuronMask
+    from ..masks import NeuronMask
 
     srcs = parse_list(sources)
     tgts = parse_list(targets) if targets else srcs
@@ -153,7 +153,6 @@ def check_inputs(neurons, sources, targets, mode, value, layers, limit, facts=No
     mask = None
     if neurons is not None:
         mask = neurons if isinstance(neurons, NeuronMask) else NeuronMask.load(Path(str(neurons)).expanduser())
-        mask.require_dense(NO_MOE_INTERVENTION)
         for t in tgts:
             mask.code(t)  # one-line MaskError naming the mask's languages
     vecs = load_vectors(vectors, tgts) if vectors is not None else None
@@ -204,7 +203,9 @@ def loaded_for_lss(model_or_lm, mask, facts, batch_size, dtype, device, sources,
         else:
             lm, name = model_or_lm, getattr(model_or_lm, "_lape_name", None) or str(model_or_lm.pretrained)
         if mask is not None:
-            mask.check_model(len(lm.sites), lm.sites[0].d_ff)
+            from ..lm import check_mask
+
+            check_mask(mask, lm.sites)
         with keeping_setting(lm):
             yield lm, name, where, tasks
 
