@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import UsageError
+
 
 def register(sub) -> None:
     p = sub.add_parser("lss", help="Language Steering Shift: from lm-eval sample logs, or a whole matrix in one process")
@@ -38,8 +40,12 @@ def register(sub) -> None:
              "write the table as JSON here (.json), with a heatmap (.png) and markdown (.md) beside it", _layers)):
         q = ls.add_parser(name, help=help_)
         add_run_args(q, layers=name == "matrix", vectors=name == "matrix")
-        q.add_argument("--mode", default="set", help="intervention mode (default set)")
-        q.add_argument("--value", default="p_max", help="intervention value (default p_max)")
+        q.add_argument("--mode", help="intervention mode (default set)")
+        q.add_argument("--value", help="intervention value (default p_max with set / add)")
+        if name == "matrix":
+            q.add_argument("--ops", help="an intervention spec instead of --mode/--value; terms without @LANGS act on "
+                           "the target: zero@en;set:p_max, and on a mixture-of-experts mask route:bias:2 or "
+                           "route:ban@src;set:p_max")
         q.add_argument("--out", help=out_help)
         add_control_args(q)
         q.set_defaults(handler=handler)
@@ -112,8 +118,13 @@ def _score(args) -> int:
 
 
 def _run_kwargs(args) -> dict:
-    """The keywords ``lss matrix`` and ``lss layers`` pass on unchanged (the API's names are the flags')."""
-    return dict(mode=args.mode, value=args.value, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype,
+    """The keywords ``lss matrix`` and ``lss layers`` pass on unchanged (the API's names are the flags'; ``--mode``
+    defaults to set, ``--value`` to p_max for set / add)."""
+    if getattr(args, "ops", None) is not None and (args.mode is not None or args.value is not None):
+        raise UsageError("--ops and --mode/--value both given: write the operation once, in --ops")
+    mode = args.mode or "set"
+    value = args.value if args.value is not None else "p_max" if mode.strip().lower() in ("set", "add") else None
+    return dict(mode=mode, value=value, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype,
                 device=args.device, controls=args.controls, control_stats=args.control_stats,
                 log=lambda m: print(m, file=sys.stderr))
 
@@ -126,7 +137,7 @@ def _matrix(args) -> int:
         check_writable(args.out, "--out")
 
     result = lss_matrix(args.model, args.neurons, args.languages, args.targets, args.facts, layers=args.layers,
-                        vectors=args.vectors, **_run_kwargs(args))
+                        vectors=args.vectors, ops=args.ops, **_run_kwargs(args))
     _report(result, args.out)
     return 0
 

@@ -226,7 +226,7 @@ def _provenance(name: str, mask, mode, value, layers, facts: str, limit, started
 
 def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode: str = "set", value="p_max",
                layers=None, limit: int | None = None, batch_size: int = 8, dtype: str = "float32",
-               device: str = "cpu", controls: int = 0, control_stats=None, vectors=None, log=print) -> dict:
+               device: str = "cpu", controls: int = 0, control_stats=None, vectors=None, ops=None, log=print) -> dict:
     """The LSS matrix of ``neurons`` (a mask path or :class:`~lapeval.masks.NeuronMask`) — what
     ``lapeval lss matrix`` prints and writes.
 
@@ -238,7 +238,10 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     ``controls``: K random-neuron controls of the mask (seeds 0 … K−1, :func:`lapeval.control_mask`; matched on
     activation frequency with ``control_stats``, the mask's STATS file), each scored with the same operation on
     the same facts against the same paired baseline; ``vectors``: residual DiffMean vectors (``lapeval vectors``)
-    steered with ``mode="add"``, ``value=α`` (``neurons=None``), or beside the mask for ``vec:`` terms.
+    steered with ``mode="add"``, ``value=α`` (``neurons=None``), or beside the mask for ``vec:`` terms; ``ops``:
+    an intervention spec in place of ``mode`` / ``value`` (:func:`lapeval.intervention.operation.parse_ops`), whose
+    terms without ``@LANGS`` act on t — ``zero@en;set:p_max``, or on a mixture-of-experts mask ``route:bias:2``
+    (t's experts favoured) and ``route:ban@src;set:p_max``.
 
     LSS(s, t) = share of facts whose margin log P(obj_t | prompt_s) − log P(obj_s | prompt_s) grows
     strictly under the intervention, against the paired baseline (:func:`paired_baseline`): an
@@ -257,7 +260,17 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
     from .effects import effects
 
     started = time.time()
+    spec = None
+    if ops is not None:
+        from ..intervention.operation import parse_ops
+        from ..intervention.setting import check_spec
+
+        if neurons is None:
+            raise UsageError("--ops: give --neurons MASK (vectors alone take --mode add --value α)")
+        spec, mode, value = parse_ops(ops, "--ops"), None, None
     srcs, tgts, mask = check_inputs(neurons, sources, targets, mode, value, layers, limit, facts, vectors)
+    if spec is not None:
+        check_spec(spec, mask, tgts)
     vecs = load_vectors(vectors, tgts) if vectors is not None else None
     if controls and mask is None:
         raise UsageError("--controls: the controls are random-neuron masks; give --neurons MASK")
@@ -275,9 +288,9 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
             vecs.check_model(len(lm.sites), hidden_size_of(lm.model))
         base = paired_baseline(lm, tasks, tgts, limit=limit, log=log)
         result = compute_matrix(lm, tasks, tgts, neurons=mask, mode=mode, value=value, layers=layers,
-                                limit=limit, log=log, baseline=base, vectors=vecs)
+                                limit=limit, log=log, baseline=base, vectors=vecs, ops=spec)
         ctrl = [compute_matrix(lm, tasks, tgts, neurons=c, mode=mode, value=value, layers=layers, limit=limit,
-                               log=lambda m: None, baseline=base) for c in ctrl_masks]
+                               log=lambda m: None, baseline=base, ops=spec) for c in ctrl_masks]
     margins = result.pop("margins")
     result["effects"] = effects(margins, result["n_items"], [c.pop("margins") for c in ctrl] or None)
     if ctrl_masks:
@@ -285,6 +298,8 @@ def lss_matrix(model_or_lm, neurons, sources, targets=None, facts=None, *, mode:
                                "matrix": r["matrix"], "per_target": r["per_target"],
                                "mean_off_diagonal": r["mean_off_diagonal"]} for c, r in zip(ctrl_masks, ctrl)]
     result.update(_provenance(name, mask, mode, value, layers, where, limit, started, vecs))
+    if spec is not None:
+        result["ops"] = spec.label
     return result
 
 
