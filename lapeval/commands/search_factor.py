@@ -34,13 +34,14 @@ def register(sub) -> None:
                    help="comma list of interventions replacing the default list "
                         "set:p_max,set:p_median,set:tt_max,add:tt_max,set:tt_p10,zero (modes zero|set|scale|add; "
                         "values a number, p_max, p_median, tt_max, tt_p<q>, or α*p_max; terms joined by ; as in "
-                        "'zero@en;set:p_max', a term without @LANGS acting on the target; ';scope:generation')")
+                        "'zero@en;set:p_max', a term without @LANGS acting on the target; ';scope:generation'; on a "
+                        "mixture-of-experts mask also route:ban and route:bias:β on the target's experts)")
     p.add_argument("--scales",
                    help="scale factors appended as scale:c (multiply the target's neurons' activations); "
                         "default 2,5,10 with the default list, none with --candidates; '' for none")
     p.add_argument("--sweep", metavar="OP",
                    help="grade one operation by each --alphas factor: add:p_max → add:α*p_max, set:tt_max → "
-                        "set:α*tt_max, scale → scale:α, a number multiplied (vec:add:1 beside --neurons, add:1 with "
+                        "set:α*tt_max, scale → scale:α, a number multiplied (route:bias:1, vec:add:1 beside --neurons, add:1 with "
                         "--vectors alone: the DiffMean strength α); composites too ('zero@en;add:p_max'); draws the "
                         "LSS curve per target as <stem>.factor.sweep.png")
     p.add_argument("--alphas", help="the factors of --sweep, comma-separated (default 0.5,1,2,4)")
