@@ -32,12 +32,14 @@ def register(sub) -> None:
     imp.set_defaults(handler=_import)
 
     ctl = ms.add_parser("control", help="a random-neuron control: per language and layer the same number of neurons, "
-                        "drawn among neurons no language holds, carrying the language's values")
+                        "drawn among neurons no language holds, carrying the language's values (a routed mask's "
+                        "experts too, among experts no language holds)")
     ctl.add_argument("file", metavar="MASK")
     ctl.add_argument("--out", required=True, help="control mask to write (.safetensors)")
     ctl.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives the same file")
     ctl.add_argument("--stats", default=None, help="the STATS file of the mask's model: draw within the same "
-                     "activation-frequency bin as each real neuron (recommended: else controls are mostly rare neurons)")
+                     "activation-frequency bin as each real neuron, and routing-frequency bin as each real expert "
+                     "(recommended: else controls are mostly rare neurons)")
     ctl.add_argument("--bins", type=int, default=10, help="per-layer frequency bins with --stats (default 10)")
     ctl.set_defaults(handler=_control)
 
@@ -72,6 +74,8 @@ def _show(args) -> int:
         ctl = meta["control"]
         lines.append(f"  control    of {str(ctl.get('of_sha256') or '?')[:16]} ({ctl.get('of')}), seed {ctl.get('seed')}; "
                      f"{ctl.get('matching')}")
+        if isinstance(ctl.get("experts"), dict):
+            lines.append(f"  control    experts: {ctl['experts'].get('matching')}")
     if mask.is_moe:
         moe = meta["moe"]
         lines.append(f"  experts    {moe.get('experts')} × d_expert {moe.get('d_expert')}, top-k {moe.get('top_k')}, "
@@ -105,7 +109,9 @@ def _control(args) -> int:
     check_writable(args.out, "--out")
     ctrl = control_mask(args.file, args.out, seed=args.seed, stats=args.stats, bins=args.bins)
     c = ctrl.meta["control"]
-    print(f"{args.out}: control of {args.file} (seed {c['seed']}; {c['matching']}), {ctrl.unique_neurons()} neurons")
+    experts = sum(len(layer) for layer, _ in ctrl.experts.values())
+    also = f", {experts} experts ({c['experts']['matching']})" if "experts" in c else ""
+    print(f"{args.out}: control of {args.file} (seed {c['seed']}; {c['matching']}), {ctrl.unique_neurons()} neurons{also}")
     return 0
 
 
