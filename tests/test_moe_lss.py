@@ -37,6 +37,10 @@ def test_lss_matrix_takes_router_and_neuron_terms(routed, tmp_path, capsys):
     assert all(v == 0.0 for row in noop["matrix"].values() for v in row.values())  # no-op LSS is exactly 0
     favour = _matrix(tmp_path, path, mask, "favour", "--ops", "route:bias:4")
     assert any(v > 0 for row in favour["matrix"].values() for v in row.values())
+    ctrl = _matrix(tmp_path, path, mask, "ctrl", "--ops", "route:bias:4", "--controls", "2")
+    assert ctrl["matrix"] == favour["matrix"] and len(ctrl["controls"]) == 2
+    assert all(c["matrix"] != favour["matrix"] for c in ctrl["controls"])  # random experts, not the language's
+    assert ctrl["effects"]["overall"]["control_mean"] is not None
     neurons = _matrix(tmp_path, path, mask, "neurons", "--mode", "set", "--value", "p_max")
     assert neurons.get("ops") is None and neurons["mode"] == "set"
     both = _matrix(tmp_path, path, mask, "both", "--ops", "route:ban@src;set:p_max")
@@ -73,9 +77,9 @@ def test_search_factor_and_grid_agree_with_lss_matrix(routed, tmp_path, capsys, 
     cfg = GridConfig.from_dict({"model": str(path), "neurons": str(mask), "targets": ["id", "vi"],
                                 "tasks": ["lss_en", "lss_id", "lss_vi"], "limit": 4, "batch_size": 4, "device": "cpu",
                                 "output": str(tmp_path / "grid"), "bootstrap_iters": 0, "ci_resamples": 100,
-                                "interventions": ["route:bias:4", "route:ban@en;set:p_max"]})
+                                "interventions": ["route:bias:4", "route:ban@en;set:p_max"], "controls": 1})
     ran = run_grid(cfg, log=lambda m: None)
-    assert len(ran) == 5  # the baseline and 2 interventions × 2 targets
+    assert len(ran) == 9  # the baseline, 2 interventions × 2 targets, and each on one control mask
     lss = json.loads((tmp_path / "grid" / "summary.json").read_text())["lss"]
     assert lss["route:bias:4"]["matrix"] == want["matrix"]
     assert any(v > 0 for row in lss["route:ban@en;set:p_max"]["matrix"].values() for v in row.values())
