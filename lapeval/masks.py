@@ -151,6 +151,24 @@ class NeuronMask:
             raise MaskError(f"mask{src} is a mixture-of-experts mask ({moe.get('experts')} experts × "
                             f"{moe.get('d_expert')} neurons per layer): {what}")
 
+    def expert_assignment(self) -> torch.Tensor:
+        """bool ``[n_langs, n_layers, E]``: expert e of layer l belongs to language i (the inverse of
+        :meth:`from_assignment`'s ``experts``); routed masks only."""
+        self.require_routed("it holds no experts")
+        out = torch.zeros(len(self.languages), self.n_layers, int(self.meta["moe"]["experts"]), dtype=torch.bool)
+        for i, lang in enumerate(self.languages):
+            if lang in self.experts:
+                layer, expert = self.experts[lang]
+                out[i, layer, expert] = True
+        return out
+
+    def require_routed(self, what: str) -> None:
+        """A one-line :class:`MaskError` when this is a dense model's mask; ``what`` says why it is needed."""
+        if not self.is_moe:
+            src = f" {self.path}" if self.path else ""
+            raise MaskError(f"mask{src} is of a dense model: {what} (a mixture-of-experts model's mask from lapeval "
+                            "identify holds them)")
+
     def expert_summary(self) -> dict:
         """Per language: its experts' total and count per layer (routed masks; {} otherwise)."""
         return {lang: {"total": int(layer.numel()),

@@ -1,4 +1,5 @@
-"""Figures of a neuron mask: neurons per layer × language, and language overlap (Jaccard)."""
+"""Figures of a neuron mask: neurons per layer × language, and language overlap (Jaccard); for a
+mixture-of-experts mask, each language's experts (layer × expert)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,38 @@ def plot_mask(mask: NeuronMask, out: str | Path, title: str | None = None) -> Pa
     fig.colorbar(im2, ax=ax2, fraction=0.046)
     model = mask.meta.get("model_id", "")
     fig.suptitle(title or f"{model}: {mask.unique_neurons()} neurons, {mask.n_layers} layers × {mask.d_ff}")
+    return _save(fig, out)
+
+
+def plot_experts(mask: NeuronMask, out: str | Path, title: str | None = None) -> Path:
+    """One panel per language: layer (rows) × expert (columns), filled where the expert is one of the
+    language's experts (``L.expert``), with the language's count in the panel title; experts two or more
+    languages share are drawn darker in every panel that holds them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    held = mask.expert_assignment().numpy()  # [langs, layers, E]
+    shared = held.sum(0) > 1
+    n, n_layers, n_experts = held.shape
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(1.5 + cols * min(2 + 0.06 * n_experts, 9),
+                                                                   1.0 + rows * min(1.2 + 0.12 * n_layers, 7)))
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        img = np.where(held[i], np.where(shared, 2.0, 1.0), 0.0)
+        ax.imshow(img, aspect="auto", cmap="Blues", vmin=0, vmax=2, interpolation="nearest")
+        ax.set_title(f"{mask.languages[i]} ({int(held[i].sum())} experts)", fontsize=9)
+        ax.set_xlabel("expert", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title or f"{mask.meta.get('model_id', '')}: language-specific experts "
+                          f"({n_layers} layers × {n_experts} experts; darker: shared by languages)", fontsize=10)
     return _save(fig, out)
 
 

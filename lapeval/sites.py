@@ -177,8 +177,7 @@ def find_sites(model: nn.Module, untie: bool = True, site: str | None = None) ->
         if holds_fused_experts(layer):  # a shared expert beside them would pass for the layer's one FFN
             raise UnsupportedModelError(
                 f"{type(model).__name__} layer {i}: a routed (mixture-of-experts) FFN: its neurons live inside the "
-                "experts; lapeval identify and the lape model reach them through lapeval.moe (lss, grid and "
-                "search-factor do not yet, issue 25)")
+                "experts, which lapeval.moe finds (find_neuron_sites / find_expert_sites)")
         found = None
         for path, container in layer.named_modules():
             if re.search(r"attn|attention", path.split(".")[-1] if path else "", re.IGNORECASE):

@@ -379,12 +379,12 @@ def test_identify_counts_routed_neurons_and_experts(family, moe_dirs, corpus, tm
 
 def test_identify_cli_show_and_refusals(moe_dirs, corpus, tmp_path, capsys):
     """The CLI on DeepSeek-V3 (a dense first layer): identify, masks show (text and JSON), export refused with
-    one line; the mask drives the lape model (lss / grid still refuse it with one line)."""
+    one line; the mask drives the lape model, its neuron terms and its router terms."""
     import json
 
     from lapeval.cli import main
     from lapeval.identification.stats import Stats
-    from lapeval.masks import NO_MOE_INTERVENTION, MaskError, NeuronMask
+    from lapeval.masks import NeuronMask
 
     path = moe_dirs("deepseek_v3")
     out = tmp_path / "ds.safetensors"
@@ -420,9 +420,8 @@ def test_identify_cli_show_and_refusals(moe_dirs, corpus, tmp_path, capsys):
 
     setting = build_setting(str(out), "fr", "set", "p_max", None)  # interventions act on routed masks (slice 3)
     assert setting.intervention().n_neurons == len(mask.sets["fr"].neuron)
-    with pytest.raises(MaskError) as e:  # lss, grid and search-factor do not yet
-        mask.require_dense(NO_MOE_INTERVENTION)
-    assert "\n" not in str(e.value) and "issue 25" in str(e.value)
+    routed = build_setting(str(out), "all", None, None, None, ops="route:bias:1")  # router terms (test_moe_route)
+    assert routed.intervention().n_neurons == len({(int(a), int(b)) for l in LANGS for a, b in zip(*mask.experts[l])})
 
     from lapeval.lm import LapeLM
 

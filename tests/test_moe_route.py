@@ -10,7 +10,13 @@ import math
 import pytest
 import torch
 from test_moe import FAMILIES, IMPLEMENTATIONS, moe_dirs, moe_model  # noqa: F401 (moe_dirs: a fixture)
-from test_moe_intervene import LL, _clean, _ids, _requests
+from test_moe_intervene import (
+    LL,
+    _clean,
+    _ids,
+    _requests,
+    assert_rows_equal_one_row_runs,
+)
 
 from lapeval.intervention.hooks import Composite, Intervention, intervene
 from lapeval.intervention.operation import InterventionError, Operation, parse_ops
@@ -126,15 +132,7 @@ def test_each_row_its_own_router_term_equals_one_row_runs(family):
     ids = _ids(4, 6, seed=2)
     ivs = [_route(sites, "ban", None, (0, 1)),
            Composite((_route(sites, "bias", 2.0, (3,)), _route(sites, "ban", None, (1,))), "all")]
-    rows = [0, -1, 1, 0]
-    with torch.no_grad():
-        with intervene(model, ivs, rows=rows, sites=sites):
-            batched = model(ids).logits
-        for b, k in enumerate(rows):
-            with intervene(model, None if k < 0 else ivs[k], sites=sites):
-                alone = model(ids[b:b + 1]).logits[0]
-            torch.testing.assert_close(batched[b], alone, atol=1e-5, rtol=0)
-    assert _clean(model)
+    assert_rows_equal_one_row_runs(model, sites, ids, ivs, rows=[0, -1, 1, 0])
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "gpt_oss"])
@@ -271,3 +269,29 @@ def test_lape_router_terms_refused_in_one_line(moe_dirs, tmp_path, tiny_model_di
     with pytest.raises(LapeConfigError) as e:
         LapeLM(pretrained=str(tiny_model_dir), device="cpu", neurons=str(dense), ops="route:ban@en")
     assert "mixture-of-experts router" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_masks_plot_draws_each_languages_experts(moe_dirs, tmp_path, capsys):  # noqa: F811
+    import matplotlib.image
+
+    from lapeval.masks import NeuronMask
+
+    mask = NeuronMask.load(_expert_mask(moe_dirs("qwen3_moe"), tmp_path / "m.safetensors"))
+    held = mask.expert_assignment()
+    assert held.shape == (3, 2, 6) and held[:, :, [0, 1]].sum() == 2 * 2 + 2  # en: 0-1, vi: 0 (2 layers each)
+    assert NeuronMask.from_assignment(torch.zeros(3, 2, mask.d_ff, dtype=torch.bool), mask.languages,
+                                      meta=mask.meta, experts=held).experts.keys() == mask.experts.keys()
+    assert main_cli(["masks", "plot", str(mask.path), "--out", str(tmp_path / "m.png")]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "m.png"), str(tmp_path / "m.experts.png")]
+    img = matplotlib.image.imread(tmp_path / "m.experts.png")
+    assert img.shape[0] > 100 and img.std() > 0.05  # drawn, not blank
+    dense = NeuronMask.from_assignment(torch.rand(1, 2, 80) < 0.1, ["en"])
+    with pytest.raises(Exception) as e:
+        dense.expert_assignment()
+    assert "dense model" in str(e.value) and "\n" not in str(e.value)
+
+
+def main_cli(argv):
+    from lapeval.cli import main
+
+    return main(argv)

@@ -14,7 +14,8 @@ def register(sub) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable: languages, n_layers, d_ff, unique_neurons, per_language{total, per_layer}")
     show.set_defaults(handler=_show)
 
-    plot = ms.add_parser("plot", help="PNG: neurons per layer × language, and language-overlap Jaccard heatmap")
+    plot = ms.add_parser("plot", help="PNG: neurons per layer × language, and language-overlap Jaccard heatmap; for a "
+                         "mixture-of-experts mask also <out>.experts.png, each language's experts (layer × expert)")
     plot.add_argument("file")
     plot.add_argument("--out", default=None, help="PNG path (default: FILE with .png)")
     plot.set_defaults(handler=_plot)
@@ -117,10 +118,13 @@ def _control(args) -> int:
 
 def _plot(args) -> int:
     from ..masks import NeuronMask
-    from ..plot import plot_mask
+    from ..plot import plot_experts, plot_mask
 
-    out = args.out or str(Path(args.file).with_suffix(".png"))
-    print(plot_mask(NeuronMask.load(args.file), out))
+    mask = NeuronMask.load(args.file)
+    out = Path(args.out or Path(args.file).with_suffix(".png"))
+    print(plot_mask(mask, out))
+    if mask.is_moe and mask.experts:
+        print(plot_experts(mask, out.with_suffix(".experts.png")))
     return 0
 
 

@@ -397,7 +397,8 @@ def _select(site, term) -> tuple[torch.Tensor | None, torch.Tensor | None]:
                                 f"{site.site.d_ff} neurons (experts × d_expert + shared)")
     if term.op.statistic:
         raise InterventionError(f"{term.op.label} on a mixture-of-experts model: test-time statistics are not "
-                                "defined on routed layers yet (issue 25); use a number, p_max or p_median")
+                                "defined on routed layers (a token has activations in its top-k experts only); use a "
+                                "number, p_max or p_median")
     keep = (j >= site.lo) & (j < site.lo + site.d_ff)
     if not bool(keep.any()):
         return None, None

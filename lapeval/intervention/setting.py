@@ -386,7 +386,8 @@ def _require_routable(spec: Spec, mask: NeuronMask) -> None:
     for t in spec.terms:
         if t.site is None and t.op.statistic:
             raise LapeConfigError(f"{t.op.label} on a mixture-of-experts mask: test-time statistics are not "
-                                  "defined on routed layers yet (issue 25); use a number, p_max or p_median")
+                                  "defined on routed layers (a token has activations in its top-k experts only); use a "
+                                  "number, p_max or p_median")
 
 
 def build_setting(neurons, lang, mode, value, layers, n_layers: int | None = None, d_ff: int | None = None,
