@@ -7,6 +7,17 @@ resident memory of collection in fresh processes for two token budgets (goal: fl
 
     python benchmarks/identify_throughput.py [--tokens 20000] [--rounds 3] [--memory 50000,500000]
                                              [--dtype float32] [--device cpu]
+
+``--tiny-moe [FAMILY]`` measures a routed model instead (qwen3_moe when no family is named; the families of
+``benchmarks/_tiny_moe.py``): a seeded random-weight model of a small shape with a real tokenizer's vocabulary
+(``--tokenizer``), saved to a temporary folder and loaded by path as ``lapeval identify --model DIR`` would,
+then the same a/b/c rounds in each experts implementation (``--impls``), so that c/b is the routed counter's
+(:class:`lapeval.moe.ExpertActivationCounter`) overhead in that implementation. batched_mm gathers every
+(token, expert) pair's weights and runs ~100x slower than the others on a CPU: it gets its own token budget
+(``--batched-mm-tokens``). The memory comparison is for dense models only.
+
+    python benchmarks/identify_throughput.py --tiny-moe [qwen3_moe] [--impls eager,batched_mm,grouped_mm]
+                                             [--tokens 20000] [--batched-mm-tokens 2000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -50,7 +61,8 @@ def load_model(model: str, dtype: str, device: str | None, random_init: bool):
     return lm.to(device).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def throughput(args) -> dict:
+def throughput(args, model=None, tok=None, tokens: int | None = None) -> dict:
+    """a/b/c/d on ``model`` (default: ``--model`` loaded here) over ``tokens`` counted tokens (``--tokens``)."""
     from lapeval.identification.stats import (
         CollectConfig,
         _batches,
@@ -59,9 +71,10 @@ def throughput(args) -> dict:
     )
     from lapeval.sites import stack_of
 
-    model, tok = load_model(args.model, args.dtype, args.device, args.random_init)
+    if model is None:
+        model, tok = load_model(args.model, args.dtype, args.device, args.random_init)
     device = next(model.parameters()).device
-    cfg = CollectConfig(args.tokens, 100, 512, args.batch_tokens, args.batch_size)
+    cfg = CollectConfig(tokens or args.tokens, 100, 512, args.batch_tokens, args.batch_size)
     seqs = list(enumerate(sequences(tok, texts(args.langs), cfg.max_tokens, cfg.max_length)))
     batches = []
     for start in range(0, len(seqs), cfg.window):
@@ -112,6 +125,48 @@ def throughput(args) -> dict:
     return {"tokens": n, "device": str(device), "dtype": args.dtype, "tokens_per_s": tps,
             "c_over_b": tps["c_lapeval_collect"] / tps["b_decoder_stack"],
             "c_over_a": tps["c_lapeval_collect"] / tps["a_full_forward"]}
+
+
+def print_throughput(r: dict) -> None:
+    for k, v in r["tokens_per_s"].items():
+        print(f"  {k:<20} {v:10.0f} tok/s")
+    print(f"  c/b = {r['c_over_b']:.3f}   (goal >= 0.9)")
+    print(f"  c/a = {r['c_over_a']:.3f}")
+
+
+def tiny_moe(args) -> int:
+    """a/b/c/d on the tiny routed model in each experts implementation; the summary c/b, c/a per implementation."""
+    import platform
+
+    import _tiny_moe
+
+    from lapeval.models import load, resolve
+    from lapeval.moe import IMPLEMENTATIONS, find_expert_sites, moe_meta
+
+    impls = [x for x in args.impls.split(",") if x]
+    if unknown := [x for x in impls if x not in IMPLEMENTATIONS]:
+        raise SystemExit(f"--impls {','.join(unknown)}: known are {', '.join(IMPLEMENTATIONS)}")
+    results = {}
+    with _tiny_moe.tiny_moe_dir(args.tiny_moe, resolve(args.tokenizer), dtype=args.dtype) as path:
+        model, tok = load(str(path), args.dtype, args.device)
+        meta = moe_meta(find_expert_sites(model, untie=False))
+        print(f"identification throughput, tiny {args.tiny_moe} (random init, seed 0): {_tiny_moe.shape()}, vocab "
+              f"{len(tok)} ({args.tokenizer}'s tokenizer); routed layers {meta['layer_experts']}, shared "
+              f"{meta['shared']}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{platform.processor() or platform.machine()}")
+        for impl in impls:
+            model.set_experts_implementation(impl)
+            tokens = args.batched_mm_tokens if impl == "batched_mm" else args.tokens
+            r = results[impl] = throughput(args, model, tok, tokens)
+            print(f"experts implementation {impl}: {r['tokens']} tokens, {r['device']} {r['dtype']}, "
+                  f"best of {args.rounds} rounds")
+            print_throughput(r)
+    print("summary  " + "   ".join(f"{impl}: c/b {r['c_over_b']:.3f}, c/a {r['c_over_a']:.3f}"
+                                   for impl, r in results.items()))
+    print(json.dumps({"tiny_moe": args.tiny_moe, "shape": _tiny_moe.shape(), "tokenizer": args.tokenizer,
+                      "rounds": args.rounds, "batch_tokens": args.batch_tokens, "batch_size": args.batch_size,
+                      "results": results}))
+    return 0
 
 
 def _rss_mib() -> float:
@@ -169,24 +224,33 @@ def main() -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--random-init", action="store_true", help="the model's architecture with random weights")
+    ap.add_argument("--tiny-moe", nargs="?", const="qwen3_moe", default=None, metavar="FAMILY",
+                    help="a seeded random-weight routed model of benchmarks/_tiny_moe.py instead of --model "
+                         "(qwen3_moe when no family is named)")
+    ap.add_argument("--tokenizer", default="smollm2-135m", help="--tiny-moe: whose tokenizer (and vocabulary)")
+    ap.add_argument("--impls", default="eager,batched_mm,grouped_mm", help="--tiny-moe: experts implementations")
+    ap.add_argument("--batched-mm-tokens", type=int, default=2000, help="--tiny-moe: batched_mm's token budget")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         peak_memory_child(args.memory_child, args)
         return 0
+    if args.tiny_moe:
+        return tiny_moe(args)
     r = throughput(args)
     print(f"identification throughput, {args.model}{' (random init)' if args.random_init else ''}, {r['tokens']} tokens, {r['device']} {r['dtype']}")
-    for k, v in r["tokens_per_s"].items():
-        print(f"  {k:<20} {v:10.0f} tok/s")
-    print(f"  c/b = {r['c_over_b']:.3f}   (goal >= 0.9)")
-    print(f"  c/a = {r['c_over_a']:.3f}")
+    print_throughput(r)
     mem = []
     for budget in [int(x) for x in args.memory.split(",") if x]:
         cmd = [sys.executable, __file__, "--memory-child", str(budget), "--dtype", args.dtype, "--model", args.model,
                "--batch-tokens", str(args.batch_tokens),
                "--batch-size", str(args.batch_size)]
         cmd += ["--random-init"] if args.random_init else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         if args.device:
             cmd += ["--device", args.device]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)

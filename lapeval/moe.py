@@ -490,6 +490,29 @@ class RowPlan:
 
 
 # ---- counting ------------------------------------------------------------------------------------
+_EXACT_ROWS = 1 << 24  # float32 holds every integer up to 2^24: a sum of fewer 0/1 terms is exact in any order
+
+
+def _fired_per_expert(fired: torch.Tensor, expert: torch.Tensor, keep: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """int64 [E, d_e]: at (e, j), how many rows r with ``expert[r] == e`` and ``keep[r]`` have ``fired[r, j]``
+    (bool [R, d_e]).
+
+    One product W · fired with W [E, R] the kept rows' one-hot experts, in float32 over chunks of fewer than 2^24
+    rows, so that every partial sum is an integer float32 holds exactly (also with TF32 or bf16 products: the
+    factors are 0 and 1) and the result equals the integer count bit for bit. Unlike compacting the kept rows
+    and ``index_add_`` of int64 (a copy of the rows, an 8-byte-per-neuron tensor, and on a GPU a host
+    synchronisation for the boolean index) it reads the rows once; its cost, R · E · d_e multiply-adds, is
+    E / (3 · hidden) of the experts' own (~2 % for Qwen3-30B-A3B)."""
+    out = torch.zeros(n_experts, fired.shape[1], dtype=torch.int64, device=fired.device)
+    step = _EXACT_ROWS - 1
+    for at in range(0, fired.shape[0], step):
+        f = fired[at:at + step]
+        w = torch.zeros(n_experts, f.shape[0], dtype=torch.float32, device=f.device)
+        w[expert[at:at + step], torch.arange(f.shape[0], device=f.device)] = keep[at:at + step].float()
+        out += torch.mm(w, f.float()).to(torch.int64)
+    return out
+
+
 class _Handle:
     def __init__(self, remove):
         self.remove = remove
@@ -524,6 +547,7 @@ class ExpertActivationCounter:
         self._sums: list[torch.Tensor | None] = [None] * len(expert_sites)
         self._plan = [RowPlan(site) for site in expert_sites]  # each routed layer's rows, forward by forward
         self._counted_rows: list[torch.Tensor | None] = [None] * len(expert_sites)
+        self._fired: list[list[torch.Tensor]] = [[] for _ in expert_sites]  # this forward's calls: rows > 0
         self._handles: list = []
 
     def set_batch(self, counted: torch.Tensor, slots: torch.Tensor | None = None,
@@ -575,6 +599,7 @@ class ExpertActivationCounter:
         def hook(module, args, kwargs):
             plan = self._plan[i]
             plan.begin(module, args, kwargs)
+            self._fired[i] = []  # nothing left over from a forward that raised
             top_k_index = plan.top_k_index
             self._counted_rows[i] = self._counted_on(top_k_index.device, top_k_index.shape[0])
             chosen = top_k_index[self._counted_rows[i]].reshape(-1)
@@ -584,22 +609,36 @@ class ExpertActivationCounter:
         return hook
 
     def _post_hook(self, i: int):
-        """After the experts' forward: every planned row was seen, else the implementation is not the one read."""
-        return self._plan[i].end
+        """After the experts' forward: every planned row was seen (else the implementation is not the one read),
+        then the counted rows of all its calls add (a > 0) at e·d_e + j, in one product (:func:`_fired_per_expert`)."""
+        site = self.sites[i]
+
+        def hook(module, args, out):
+            plan = self._plan[i]
+            token, expert = plan.token, plan.expert
+            parts, self._fired[i] = self._fired[i], []
+            plan.end(module, args, out)
+            if token is None or not parts:
+                return
+            fired = parts[0] if len(parts) == 1 else torch.cat(parts)
+            routed = self.over_zero[i][: site.d_routed].view(site.n_experts, site.d_expert)
+            routed += _fired_per_expert(fired, expert, self._counted_rows[i][token], site.n_experts).to(routed.device)
+
+        return hook
 
     def _observe(self, i: int, a: torch.Tensor) -> None:
-        """One call's rows a [R, d_e]: the next R rows of the plan; counted rows add (a > 0) at e·d_e + j."""
+        """One call's rows a [R, d_e]: the next R rows of the plan. Keeps (a > 0) for the post-hook's count (eager
+        calls the non-linearity once per expert: one count per forward, not per call) and adds the kept texts'
+        rows to their per-text sums."""
         site = self.sites[i]
         rows = a.reshape(-1, site.d_expert)
         taken = self._plan[i].take(rows.shape[0])
         if taken is None:  # called outside the experts' forward: not a routed row
             return
         token, expert = taken
-        keep = self._counted_rows[i][token]
-        fired = (rows[keep] > 0).to(torch.int64)
-        routed = self.over_zero[i][: site.d_routed].view(site.n_experts, site.d_expert)
-        routed.index_add_(0, expert[keep].to(routed.device), fired.to(routed.device))
+        self._fired[i].append(rows > 0)
         if self._slot_ids.numel():
+            keep = self._counted_rows[i][token]
             local = self._row_local.to(rows.device)[token // self._shape[1]]
             kept = keep & (local >= 0)
             sums = self._slot_sums(i, rows.device)[:, : site.d_routed].view(-1, site.n_experts, site.d_expert)
@@ -645,5 +684,6 @@ class ExpertActivationCounter:
             h.remove()
         self._handles = []
         self._plan = [RowPlan(site) for site in self.sites]
+        self._fired = [[] for _ in self.sites]
         self.flush()
         return False

@@ -160,6 +160,22 @@ def test_row_orders_on_a_small_example():
         expert_rows("sonicmoe", top, 3)
 
 
+def test_fired_per_expert_is_the_integer_count_in_chunks(monkeypatch):
+    """The one-hot product equals compacting the kept rows and index_add_ of int64, bit for bit, also when the
+    rows are cut into chunks (the float32-exact bound made small) and with NaN / ±0 activations."""
+    from lapeval import moe
+
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(37, 6, generator=g)
+    rows[3, 1], rows[4, 2], rows[5] = float("nan"), -0.0, 0.0
+    expert = torch.randint(0, 5, (37,), generator=g)
+    keep = torch.rand(37, generator=g) > 0.3
+    plain = torch.zeros(5, 6, dtype=torch.int64).index_add_(0, expert[keep], (rows[keep] > 0).to(torch.int64))
+    assert torch.equal(moe._fired_per_expert(rows > 0, expert, keep, 5), plain) and plain.sum() > 0
+    monkeypatch.setattr(moe, "_EXACT_ROWS", 9)
+    assert torch.equal(moe._fired_per_expert(rows > 0, expert, keep, 5), plain)
+
+
 # ---- the counter against the reference --------------------------------------------------------------
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("family", FAMILIES)
