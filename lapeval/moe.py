@@ -198,20 +198,31 @@ def _modules_outside_attention(layer: nn.Module):
             yield path, module
 
 
-def find_expert_sites(model: nn.Module, untie: bool = True) -> list[ExpertSite]:
+def find_expert_sites(model: nn.Module, untie: bool = True, block: str | None = None) -> list[ExpertSite]:
     """Every decoder layer's routed FFN, in layer order (a dense layer of a mixed model: E = 0 and its FFN
     as the one always-on part). A model with no routed FFN at all raises a one-line UnsupportedModelError:
-    dense models go through :func:`lapeval.sites.find_sites`."""
+    dense models go through :func:`lapeval.sites.find_sites`.
+
+    ``block``: where the structural search looks instead of the whole decoder layer — a module path with
+    ``{layer}`` naming the block that holds the router and the experts (``model.layers.{layer}.mlp``), the
+    ``--site`` of a routed model; a named block holding neither a routed nor a dense FFN is a one-line error."""
     layers_name, layers = decoder_layers(model)
     hidden = hidden_size_of(model)
     found: list[ExpertSite] = []
     for i, layer in enumerate(layers):
         base = f"{layers_name}.{i}"
-        site = next((s for path, block in _modules_outside_attention(layer)
-                     if (s := _routed_site(i, block, ".".join(p for p in (base, path) if p), hidden, model))), None)
+        if block is not None:
+            base, named = _named_block(model, block, i)
+            places = [("", named)]
+        else:
+            places = list(_modules_outside_attention(layer))
+        site = next((s for path, part in places
+                     if (s := _routed_site(i, part, ".".join(p for p in (base, path) if p), hidden, model))), None)
+        if site is None and block is not None and holds_fused_experts(named):
+            raise UnsupportedModelError(f"site={block!r}: {base} holds fused experts but no router beside them (a "
+                                        "child with a weight [experts, hidden]): name the block holding both")
         if site is None:
-            dense = next(((path, c, hit) for path, c in _modules_outside_attention(layer)
-                          if (hit := _site_in(c, hidden)) is not None), None)
+            dense = next(((path, c, hit) for path, c in places if (hit := _site_in(c, hidden)) is not None), None)
             if dense is None:
                 raise UnsupportedModelError(f"{type(model).__name__} layer {i}: neither a routed FFN nor a dense "
                                             "FFN found")
@@ -227,6 +238,18 @@ def find_expert_sites(model: nn.Module, untie: bool = True) -> list[ExpertSite]:
     if untie:
         _untie(found)
     return found
+
+
+def _named_block(model: nn.Module, pattern: str, layer: int) -> tuple[str, nn.Module]:
+    """(path, module) of ``pattern`` (a module path with ``{layer}``) at ``layer``; one-line error if absent."""
+    if "{layer}" not in pattern:
+        raise UnsupportedModelError(f"site={pattern!r}: put {{layer}} where the layer number goes, e.g. "
+                                    "model.layers.{layer}.mlp (on a routed model: the block holding router and experts)")
+    path = pattern.format(layer=layer)
+    try:
+        return path, model.get_submodule(path)
+    except AttributeError:
+        raise UnsupportedModelError(f"site={pattern!r}: layer {layer} has no module {path}") from None
 
 
 def _untie(found: list[ExpertSite]) -> None:
@@ -253,10 +276,10 @@ def is_routed(model: nn.Module) -> bool:
 def find_neuron_sites(model: nn.Module, site: str | None = None) -> list[Site] | list[ExpertSite]:
     """The sites identification counts: the user's ``site`` pattern or the dense finder's
     (:func:`lapeval.sites.find_sites`) for dense models, :func:`find_expert_sites` when the decoder layers hold
-    routed FFNs."""
-    if site or not is_routed(model):
+    routed FFNs — with ``site`` naming the block that holds each layer's router and experts."""
+    if not is_routed(model):
         return find_sites(model, site=site)
-    return find_expert_sites(model)
+    return find_expert_sites(model, block=site or None)
 
 
 def is_expert_sites(sites) -> bool:

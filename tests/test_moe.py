@@ -506,3 +506,26 @@ def test_routed_statistics_resume_after_a_kill(moe_dirs, tiny_tokenizer, tmp_pat
     for k in clean.act:
         assert torch.equal(resumed.act[k], clean.act[k])
     assert bool((clean.routed.sum(2) == 2 * clean.n_tokens.view(-1, 1)).all())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_site_names_the_block_of_router_and_experts(family):
+    """``--site`` on a routed model names the block holding router and experts: the same sites as the structural
+    search; a path to anything else (the experts' non-linearity, a missing module) is a one-line error."""
+    from lapeval.moe import find_neuron_sites
+
+    model = moe_model(family)
+    found = find_expert_sites(model)
+    routed = next(s for s in found if s.n_experts)
+    block = routed.name.replace(f".{routed.layer}.", ".{layer}.", 1)
+    named = find_neuron_sites(model, site=block)
+    describe = lambda sites: [(s.layer, s.name, s.experts_name, s.router_name, s.act_name, s.n_experts, s.d_expert,  # noqa: E731
+                               s.top_k, [(f.name, f.width) for f in s.shared]) for s in sites]
+    assert describe(named) == describe(found)
+    experts = routed.experts_name.replace(f".{routed.layer}.", ".{layer}.", 1)
+    bad_experts = "has no module" if family == "deepseek_v3" else "no router beside them"  # its layer 0 is dense
+    for pattern, words in ((experts, bad_experts), (block.replace("{layer}", "1"), "{layer}"),
+                           (block + ".nothing", "has no module")):
+        with pytest.raises(UnsupportedModelError) as e:
+            find_neuron_sites(model, site=pattern)
+        assert words in str(e.value) and "\n" not in str(e.value), pattern

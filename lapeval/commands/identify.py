@@ -25,7 +25,8 @@ def _collect_args(p) -> None:
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--site", default=None, help="the neuron site as a module path with {layer}, e.g. "
-                   "model.layers.{layer}.mlp.act_fn (default: found from the module structure)")
+                   "model.layers.{layer}.mlp.act_fn; on a mixture-of-experts model the block holding router and experts, "
+                   "e.g. model.layers.{layer}.mlp (default: found from the module structure)")
     p.add_argument("--lid-filter", type=float, default=None, metavar="P",
                    help="drop texts that fastText identifies as another language with probability >= P (off by "
                    "default, as the reference; 0.5 recommended for web text); counts printed and kept in the STATS")
