@@ -16,9 +16,10 @@ Masks of routed (mixture-of-experts) models (format_version 2, so that older lap
 neurons flattened as the metadata's ``moe`` says (:func:`lapeval.moe.moe_meta`: expert-major,
 index(e, j) = e·d_expert + j, shared FFNs after the experts, narrower layers padded) and may hold, per
 language, its language-specific experts: ``L.expert_layer``, ``L.expert`` — int64 ``[m_L]``, sorted by
-(layer, expert). The lape model's interventions act on these masks (:mod:`lapeval.intervention.hooks`), and
-random-neuron controls are drawn for them, experts included (:mod:`lapeval.identification.controls`);
-lss, grid, search-factor and the reference formats are dense: they refuse them.
+(layer, expert). Interventions act on these masks — neuron terms inside the experts, router terms
+(``route:``) on the experts (:mod:`lapeval.intervention.hooks`) — through the lape model, lss, grid and
+search-factor, and random controls are drawn for them, experts included (:mod:`lapeval.identification.controls`);
+the reference formats are dense: they refuse them.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from .sites import (
     find_sites,
     hidden_size_of,
     holds_fused_experts,
+    module_at,
 )
 
 IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm")  # the experts implementations whose row order is known
@@ -208,11 +209,13 @@ def find_expert_sites(model: nn.Module, untie: bool = True, block: str | None = 
     ``--site`` of a routed model; a named block holding neither a routed nor a dense FFN is a one-line error."""
     layers_name, layers = decoder_layers(model)
     hidden = hidden_size_of(model)
+    modules = dict(model.named_modules()) if block is not None else None
     found: list[ExpertSite] = []
     for i, layer in enumerate(layers):
         base = f"{layers_name}.{i}"
         if block is not None:
-            base, named = _named_block(model, block, i)
+            base, named = module_at(model, block, i, "model.layers.{layer}.mlp (on a routed model: the block holding "
+                                    "router and experts)", modules)
             places = [("", named)]
         else:
             places = list(_modules_outside_attention(layer))
@@ -238,18 +241,6 @@ def find_expert_sites(model: nn.Module, untie: bool = True, block: str | None = 
     if untie:
         _untie(found)
     return found
-
-
-def _named_block(model: nn.Module, pattern: str, layer: int) -> tuple[str, nn.Module]:
-    """(path, module) of ``pattern`` (a module path with ``{layer}``) at ``layer``; one-line error if absent."""
-    if "{layer}" not in pattern:
-        raise UnsupportedModelError(f"site={pattern!r}: put {{layer}} where the layer number goes, e.g. "
-                                    "model.layers.{layer}.mlp (on a routed model: the block holding router and experts)")
-    path = pattern.format(layer=layer)
-    try:
-        return path, model.get_submodule(path)
-    except AttributeError:
-        raise UnsupportedModelError(f"site={pattern!r}: layer {layer} has no module {path}") from None
 
 
 def _untie(found: list[ExpertSite]) -> None:
@@ -453,24 +444,30 @@ def edit_router(site: ExpertSite, edit: Callable[[torch.Tensor, bool], torch.Ten
     return _set_instance_attr(router, "forward", forward)
 
 
-def ban_leaves_routing(site: ExpertSite, banned: set[int]) -> str | None:
-    """Why banning ``banned`` experts of ``site`` would leave a token fewer than top-k experts to route to
-    (None when it does not): at least k must stay, and under grouped top-k (a router with ``num_group`` /
-    ``n_group`` and ``topk_group``: a group scores the sum of its best two experts, so a group with fewer than
-    two left scores −∞) the ``topk_group`` groups with the fewest left must still hold k of them."""
-    left = site.n_experts - len(banned)
-    if left < site.top_k:
-        return f"banning {len(banned)} of its {site.n_experts} experts leaves fewer than top-k = {site.top_k}"
-    router = site.router
+def router_groups(router: nn.Module) -> tuple[int | None, int | None]:
+    """(groups, groups kept) of a router with grouped top-k (``num_group`` / ``n_group`` and ``topk_group``:
+    DeepSeek-V3), else (None, None)."""
     groups = getattr(router, "num_group", getattr(router, "n_group", None))
     topk_group = getattr(router, "topk_group", None)
-    if isinstance(groups, int) and isinstance(topk_group, int) and groups > 1 and site.n_experts % groups == 0:
-        size = site.n_experts // groups
+    return (groups, topk_group) if isinstance(groups, int) and isinstance(topk_group, int) else (None, None)
+
+
+def ban_leaves_routing(n_experts: int, top_k: int, banned: set[int], groups: int | None = None,
+                       topk_group: int | None = None) -> str | None:
+    """Why banning ``banned`` of a layer's ``n_experts`` experts would leave a token fewer than ``top_k`` to route
+    to (None when it does not): at least k must stay, and under grouped top-k (``groups`` groups, the best
+    ``topk_group`` kept, :func:`router_groups`; a group scores the sum of its best two experts, so a group with
+    fewer than two left scores −∞) the ``topk_group`` groups with the fewest left must still hold k of them."""
+    left = n_experts - len(banned)
+    if left < top_k:
+        return f"banning {len(banned)} of its {n_experts} experts leaves {left}, fewer than top-k = {top_k}"
+    if groups is not None and topk_group is not None and groups > 1 and n_experts % groups == 0:
+        size = n_experts // groups
         counts = [sum(1 for e in range(g * size, (g + 1) * size) if e not in banned) for g in range(groups)]
         usable = sorted(c for c in counts if c >= min(2, size))
-        if len(usable) < topk_group or sum(usable[:topk_group]) < site.top_k:
+        if len(usable) < topk_group or sum(usable[:topk_group]) < top_k:
             return (f"banning experts {sorted(banned)} leaves too few groups of its grouped top-k ({groups} groups of "
-                    f"{size}, top {topk_group} groups, top-k {site.top_k})")
+                    f"{size}, top {topk_group} groups, top-k {top_k})")
     return None
 
 

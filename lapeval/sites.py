@@ -128,22 +128,11 @@ def user_sites(model: nn.Module, pattern: str) -> list[Site]:
     activation; d_ff comes from the FFN holding it (a projection from d_ff back to the hidden size), else from
     the config (``intermediate_size``, ``n_inner``, ``ffn_dim``). A path that names nothing is a one-line error
     saying what the nearest existing module holds."""
-    if "{layer}" not in pattern:
-        raise UnsupportedModelError(f"site={pattern!r}: put {{layer}} where the layer number goes, "
-                                    f"e.g. model.layers.{{layer}}.mlp.act_fn")
     n, hidden = n_layers_of(model), hidden_size_of(model)
     modules = dict(model.named_modules())
     sites = []
     for i in range(n):
-        name = pattern.format(layer=i)
-        if name not in modules:
-            parent = name
-            while parent and parent not in modules:
-                parent = parent.rpartition(".")[0]
-            holds = ", ".join(c for c, _ in (modules[parent].named_children() if parent in modules else model.named_children()))
-            raise UnsupportedModelError(f"site={pattern!r}: layer {i} has no module {name} "
-                                        f"({parent or 'the model'} holds: {holds or 'nothing'})")
-        module = modules[name]
+        name, module = module_at(model, pattern, i, "model.layers.{layer}.mlp.act_fn", modules)
         container_name, _, attr = name.rpartition(".")
         container = modules.get(container_name, model)
         projs = [s for c in container.children() if (s := _proj_shape(c))]
@@ -153,6 +142,25 @@ def user_sites(model: nn.Module, pattern: str) -> list[Site]:
             d == hidden and out == 2 * d_ff for d, out in projs)
         sites.append(Site(i, name, module, int(d_ff), gated, container, attr))
     return sites
+
+
+def module_at(model: nn.Module, pattern: str, layer: int, example: str, modules: dict | None = None,
+              ) -> tuple[str, nn.Module]:
+    """(path, module) that ``pattern`` (a module path with ``{layer}``) names at ``layer``. A pattern without
+    ``{layer}`` (``example`` shows one) or a path naming nothing is a one-line UnsupportedModelError, the latter
+    saying what the nearest existing module holds. ``modules``: ``dict(model.named_modules())``, if at hand."""
+    if "{layer}" not in pattern:
+        raise UnsupportedModelError(f"site={pattern!r}: put {{layer}} where the layer number goes, e.g. {example}")
+    modules = dict(model.named_modules()) if modules is None else modules
+    name = pattern.format(layer=layer)
+    if name not in modules:
+        parent = name
+        while parent and parent not in modules:
+            parent = parent.rpartition(".")[0]
+        holds = ", ".join(c for c, _ in (modules[parent].named_children() if parent in modules else model.named_children()))
+        raise UnsupportedModelError(f"site={pattern!r}: layer {layer} has no module {name} "
+                                    f"({parent or 'the model'} holds: {holds or 'nothing'})")
+    return name, modules[name]
 
 
 def holds_fused_experts(module: nn.Module) -> bool:

@@ -231,9 +231,7 @@ def control_mask(mask, out=None, *, seed: int = 0, stats=None, bins: int = DEFAU
     }
     experts = None
     if with_experts:  # after every neuron, from the same generator
-        held = torch.zeros(mask.n_layers, n_experts, dtype=torch.bool)
-        for layer, expert in mask.experts.values():
-            held[layer, expert] = True
+        held = mask.expert_assignment().any(0)  # [n_layers, E]: held by some language
         routable = torch.arange(n_experts) < torch.tensor(layer_experts).view(-1, 1)
         empty = torch.zeros(0, dtype=torch.long)
         units = [mask.experts.get(lang, (empty, empty)) for lang in mask.languages]

@@ -99,11 +99,11 @@ from ..moe import (
     ban_leaves_routing,
     edit_gate,
     edit_router,
-    find_expert_sites,
+    find_neuron_sites,
     is_expert_sites,
-    is_routed,
+    router_groups,
 )
-from ..sites import Site, find_sites
+from ..sites import Site
 from .operation import (  # noqa: F401
     MASK_VALUES,
     MODES,
@@ -170,25 +170,20 @@ class Intervention:
         langs = tuple(dict.fromkeys(mask.code(l) for l in languages))
         if not langs:
             raise InterventionError(f"no language given: use codes of this mask ({', '.join(mask.languages)})")
-        moe = mask.meta["moe"]
-        held = torch.zeros(mask.n_layers, int(moe["experts"]), dtype=torch.bool)
-        for lang in langs:
-            if lang in mask.experts:
-                layer, expert = mask.experts[lang]
-                held[layer, expert] = True
+        held = mask.expert_assignment()[[mask.languages.index(l) for l in langs]].any(0)  # [n_layers, E]
         neurons = {}
         if not (op.mode == "bias" and op.value == 0.0):
             for l in range(mask.n_layers) if chosen is None else chosen:
                 e = torch.nonzero(held[l], as_tuple=True)[0]
                 if e.numel():
                     neurons[l] = e
-        if op.mode == "ban":
+        if op.mode == "ban":  # before any model loads; grouped top-k is checked on the router (Session)
+            moe = mask.meta["moe"]
             for l, e in neurons.items():
-                left = int(moe["layer_experts"][l]) - e.numel()
-                if left < int(moe["top_k"]):
-                    raise InterventionError(f"route:ban@{'+'.join(langs)}: layer {l} would keep {left} of its "
-                                            f"{moe['layer_experts'][l]} experts, fewer than top-k = {moe['top_k']}; "
-                                            "ban in fewer layers (@LAYERS) or use route:bias:β")
+                why = ban_leaves_routing(int(moe["layer_experts"][l]), int(moe["top_k"]), set(e.tolist()))
+                if why:
+                    raise InterventionError(f"route:ban@{'+'.join(langs)} on layer {l}: {why}; ban in fewer layers "
+                                            "(@LAYERS) or use route:bias:β")
         return cls(op, neurons, {}, langs, chosen, "route")
 
     @classmethod
@@ -462,7 +457,8 @@ class Session:
         for k, placed in enumerate(per):
             banned = {e for i, p in enumerate(placed or ()) if p is not None
                       and self.interventions[k].terms[i].op.mode == "ban" for e in p[0].tolist()}
-            why = ban_leaves_routing(part.site, banned) if banned else None
+            site = part.site
+            why = ban_leaves_routing(site.n_experts, site.top_k, banned, *router_groups(site.router)) if banned else None
             if why:
                 raise InterventionError(f"route:ban on layer {part.layer}: {why}; ban in fewer layers (@LAYERS) or "
                                         "use route:bias:β")
@@ -625,8 +621,11 @@ class Session:
                 op = comp.terms[i].op
                 if placed is None or (choice and op.mode != "ban"):
                     continue
-                sel = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
-                sel[placed[0].to(z.device)] = True
+                ck = ("route", key, k, i, z.device)
+                if ck not in self._cast:
+                    self._cast[ck] = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device).index_fill_(
+                        0, placed[0].to(z.device), True)
+                sel = self._cast[ck]
                 s = sel[None, :] if on is None else on[:, None] & sel[None, :]
                 z = z.masked_fill(s, -math.inf) if op.mode == "ban" else torch.where(s, z + op.value, z)
         return z.reshape(shape)
@@ -766,7 +765,7 @@ def intervene(
     kinds = {t.site for t in terms}
     found = []
     if kinds & {"neuron", "route"}:
-        found = list(sites) if sites is not None else find_expert_sites(model) if is_routed(model) else find_sites(model)
+        found = list(sites) if sites is not None else find_neuron_sites(model)
     hooked = []
     if "neuron" in kinds:
         hooked += expert_parts(found) if is_expert_sites(found) else found

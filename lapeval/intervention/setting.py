@@ -351,7 +351,7 @@ def check_spec(spec: Spec, mask: NeuronMask, targets: Sequence[str] | None = Non
     if targets is not None:
         require_target_term(spec)
         codes = [mask.code(t) for t in targets if t != "self"]
-    if any(t.site is None and t.op.statistic for t in spec.terms) and mask.is_moe:
+    if mask.is_moe:
         _require_routable(spec, mask)
     for t in spec.terms:
         if t.site == "route" and not (mask.is_moe and mask.experts):
