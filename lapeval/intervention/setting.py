@@ -35,7 +35,6 @@ from .operation import (
     parse_layers,
     parse_ops,
     require_target_term,
-    spec_label,
 )
 
 
@@ -59,8 +58,8 @@ class SettingTerm:
 
 
 Resolution = tuple[tuple[str, ...], ...]  # per term, the languages whose neurons it touches
-_PREFIX = {"neuron": "", "residual": "vec:", "route": "route:"}  # a term's site → its spelling's prefix
 _SITE = {None: "neuron", "vec": "residual", "route": "route"}  # a spec term's site → the setting's
+_SPEC_SITE = {v: k for k, v in _SITE.items()}  # and back (its spelling's prefix, Term.label)
 
 
 @dataclass
@@ -114,9 +113,9 @@ class Setting:
         """``set:p_max``, ``zero@0-5`` (one term), ``zero@en;set:p_max@fr;scope:generation``: the one spelling of
         :mod:`lapeval.intervention.operation` (a one-term setting without its languages, as before)."""
         if self.single:
-            return _PREFIX[self.terms[0].site] + spec_label(self.op, self.layers)
+            return Term(self.op, None, layers_label(self.layers), _SPEC_SITE[self.terms[0].site]).label
         return Spec(tuple(Term(t.op, (t.languages,) if isinstance(t.languages, str) else t.languages,
-                               layers_label(t.layers), _PREFIX[t.site][:-1] or None)
+                               layers_label(t.layers), _SPEC_SITE[t.site])
                           for t in self.terms), self.scope).label
 
     def _resolution(self, langs) -> Resolution:
